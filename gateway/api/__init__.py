@@ -1,0 +1,1 @@
+"""HTTP transport: the only package (with gateway.app) that imports litestar."""

@@ -1,0 +1,76 @@
+"""The one place where errors become HTTP responses in the OpenAI error shape."""
+
+from __future__ import annotations
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
+from litestar.types import ExceptionHandlersMap
+
+from gateway.api.middleware import record_of
+from gateway.services.errors import (
+    GatewayError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RequestTooLargeError,
+)
+
+_log = structlog.get_logger("offload.errors")
+
+
+def _respond(request: Request, error: GatewayError) -> Response[bytes]:
+    headers: dict[str, str] = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    record = record_of(request)
+    if record is not None:
+        record.error_type = error.code
+    return Response(
+        error.to_response().model_dump_json().encode(),
+        status_code=error.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _gateway_error(request: Request, exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, GatewayError)
+    return _respond(request, exc)
+
+
+def _http_exception(request: Request, exc: Exception) -> Response[bytes]:
+    """Litestar's own errors (routing, body size, validation) in OpenAI form."""
+    assert isinstance(exc, HTTPException)
+    error: GatewayError
+    if isinstance(exc, NotFoundException):
+        error = NotFoundError(f"Unknown request URL: {request.method} {request.url.path}.")
+    elif isinstance(exc, MethodNotAllowedException):
+        error = MethodNotAllowedError(f"Method {request.method} is not allowed for {request.url.path}.")
+    elif exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+        error = RequestTooLargeError("The request body is too large.")
+    elif isinstance(exc, ValidationException) or 400 <= exc.status_code < 500:
+        error = InvalidRequestError("The request is invalid.")
+        error.status = exc.status_code
+    else:
+        error = GatewayError("The server had an error while processing your request.")
+    return _respond(request, error)
+
+
+def _unexpected(request: Request, exc: Exception) -> Response[bytes]:
+    """A bug: log it (without request content) and answer a bare 500."""
+    _log.error("unhandled error", path=request.url.path, exc_info=exc)
+    return _respond(request, GatewayError("The server had an error while processing your request."))
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    GatewayError: _gateway_error,
+    HTTPException: _http_exception,
+    Exception: _unexpected,
+}

@@ -1,0 +1,33 @@
+"""Operational endpoints: ``/health`` (alive), ``/ready`` (routable), ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+import orjson
+from litestar import Controller, Response, get
+
+from gateway import metrics as metrics_module
+from gateway.metrics import Metrics
+from gateway.routing.health import HealthRegistry
+from gateway.routing.table import RouteTable
+
+
+class OpsController(Controller):
+    """Liveness, readiness and metrics (not part of the OpenAI API; no access log)."""
+
+    @get("/health")
+    async def health(self) -> Response[bytes]:
+        """200 while the process serves requests."""
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @get("/ready")
+    async def ready(self, route_table: RouteTable, health_registry: HealthRegistry) -> Response[bytes]:
+        """200 when every configured model has a healthy engine, else 503 naming the ones that lack one."""
+        models = {r.model: bool(health_registry.healthy(r.replicas)) for r in route_table.routes}
+        ok = all(models.values())
+        body = {"status": "ready" if ok else "not_ready", "models": models}
+        return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
+
+    @get("/metrics")
+    async def metrics(self, metrics: Metrics) -> Response[bytes]:
+        """Prometheus text exposition."""
+        return Response(metrics.render(), media_type=metrics_module.CONTENT_TYPE)

@@ -1,0 +1,76 @@
+"""Per-request bookkeeping for the API routes: request id, summary log line, metrics.
+
+A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which would delay client disconnects).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+import structlog
+
+from gateway.logging import log_request
+from gateway.services.accounting import RequestRecord
+
+if TYPE_CHECKING:
+    from litestar import Request
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+    from gateway.metrics import Metrics
+
+_SCOPE_KEY = "offload_record"
+_REQUEST_ID = b"x-request-id"
+_REPLICA = b"x-offload-replica"
+_log = structlog.get_logger("offload.access")
+
+
+def record_of(request: Request) -> RequestRecord | None:
+    """The record the middleware attached to this request, if any."""
+    return request.scope.get(_SCOPE_KEY)  # type: ignore[return-value]
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == _REQUEST_ID:
+            # Echo the caller's id, bounded and printable, so it can be correlated safely.
+            text = value.decode("latin-1")[:128]
+            if text.isprintable():
+                return text
+    return uuid.uuid4().hex
+
+
+class AccessMiddleware:
+    """Creates the request's :class:`RequestRecord`, echoes ``X-Request-Id`` and reports the request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._log = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self._app(scope, receive, send)  # probes and scrapes: no record, no log line
+            return
+        record = RequestRecord(request_id=_request_id(scope), route=scope["path"])
+        scope[_SCOPE_KEY] = record  # type: ignore[literal-required]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                headers = list(message.get("headers") or ())
+                headers.append((_REQUEST_ID, record.request_id.encode("latin-1")))
+                if record.replica is not None:
+                    headers.append((_REPLICA, record.replica.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_wrapper)
+        finally:
+            if record.status == 0:  # the client left before any response started
+                record.status = 499
+                record.error_type = record.error_type or "client_disconnected"
+            self._metrics.finish(record)
+            if self._log:
+                log_request(_log, record)

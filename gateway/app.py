@@ -1,0 +1,76 @@
+"""``create_app(settings)``: the one composition root. No module-level state, no import-time I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+
+from gateway.api.chat import ChatController
+from gateway.api.embeddings import EmbeddingsController
+from gateway.api.errors import EXCEPTION_HANDLERS
+from gateway.api.health import OpsController
+from gateway.api.middleware import AccessMiddleware
+from gateway.api.models import ModelsController
+from gateway.config import OffloadConfig, load_config
+from gateway.metrics import Metrics
+from gateway.monitor import HealthMonitor
+from gateway.routing.health import HealthRegistry
+from gateway.routing.table import RouteTable
+from gateway.services.chat import ChatService
+from gateway.services.dispatch import Dispatcher
+from gateway.services.embeddings import EmbeddingsService
+from gateway.settings import Settings
+from gateway.upstream import Upstream
+
+
+def _const(value: object) -> Provide:
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+
+def create_app(settings: Settings, config: OffloadConfig | None = None) -> Litestar:
+    """Build the gateway for ``config`` (default: the file named by ``settings.config``)."""
+    if config is None:
+        config = load_config(settings.config)
+    table = RouteTable.from_config(config)
+    health = HealthRegistry()
+    metrics = Metrics()
+    upstream = Upstream(settings.upstream)
+    dispatcher = Dispatcher(table, health, metrics, settings.health.retry_after_seconds)
+    monitor = HealthMonitor(table, health, upstream, metrics, settings.health)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await monitor.probe_all()  # know who is up before the first request
+        task = asyncio.create_task(monitor.run(), name="offload-health-monitor")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await upstream.close()
+
+    return Litestar(
+        route_handlers=[ChatController, EmbeddingsController, ModelsController, OpsController],
+        middleware=[DefineMiddleware(AccessMiddleware, metrics=metrics, log_requests=settings.log.access)],
+        dependencies={
+            "chat": _const(ChatService(dispatcher, upstream, metrics)),
+            "embeddings": _const(EmbeddingsService(dispatcher, upstream)),
+            "route_table": _const(table),
+            "health_registry": _const(health),
+            "metrics": _const(metrics),
+            "upstream_settings": _const(settings.upstream),
+            "started_at": _const(int(time.time())),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        request_max_body_size=settings.server.max_body_bytes,
+        openapi_config=None,
+        debug=False,
+    )

@@ -1,0 +1,32 @@
+"""What the gateway learns about one request while serving it (for the summary log and metrics)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Filled in by the service while it serves; read by the access log and metrics when it ends.
+
+    Holds no prompt text and no engine address: everything here may be logged.
+    """
+
+    request_id: str
+    route: str = ""
+    model: str | None = None  # as requested (for the log)
+    routed_model: str | None = None  # a configured model name (safe as a metric label)
+    in_flight: bool = False
+    replica: str | None = None
+    stream: bool = False
+    status: int = 0
+    error_type: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    ttft_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def elapsed(self) -> float:
+        """Seconds since the request arrived."""
+        return time.perf_counter() - self.started

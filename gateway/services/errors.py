@@ -1,0 +1,121 @@
+"""The gateway's one error hierarchy; :mod:`gateway.api.errors` maps it to HTTP in one place.
+
+Messages are written for API clients: never a traceback, an engine address or a prompt.
+"""
+
+from __future__ import annotations
+
+from gateway.protocol.errors import ErrorDetail, ErrorResponse
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def to_response(self) -> ErrorResponse:
+        """The OpenAI error envelope for this error."""
+        return ErrorResponse(
+            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        )
+
+
+class InvalidRequestError(GatewayError):
+    """The client's request is malformed or breaks the schema (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class NotFoundError(GatewayError):
+    """No such route (404)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(GatewayError):
+    """The requested model is not served here (404, ``model_not_found``)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    """Wrong HTTP method for the route (405)."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RequestTooLargeError(GatewayError):
+    """The request body exceeds the configured limit (413)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class EngineError(GatewayError):
+    """The engine failed in a way that is not the client's fault (502)."""
+
+    status = 502
+    type = "server_error"
+    code = "engine_error"
+
+
+class EngineUnavailableError(GatewayError):
+    """No healthy engine can take the request (503, with ``Retry-After``)."""
+
+    status = 503
+    type = "server_error"
+    code = "engine_unavailable"
+
+
+class EngineTimeoutError(GatewayError):
+    """The engine did not answer in time (504)."""
+
+    status = 504
+    type = "server_error"
+    code = "engine_timeout"
+
+
+class EngineStatusError(GatewayError):
+    """An error the engine returned for the request, relayed with the engine's status."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
+        super().__init__(message, param=param, code=_CODES.get(status, "engine_error"))
+        self.status = status
+        self.type = "invalid_request_error" if 400 <= status < 500 else "server_error"
+
+
+_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    403: "permission_denied",
+    404: "not_found",
+    413: "request_too_large",
+    422: "invalid_request",
+    429: "rate_limit_exceeded",
+}

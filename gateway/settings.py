@@ -1,0 +1,73 @@
+"""Typed process settings, read once from the environment (prefix ``OFFLOAD_``) and passed down by group.
+
+Nested groups use ``__``: ``OFFLOAD_UPSTREAM__REQUEST_TIMEOUT=30``. What is served (models, engines)
+is not here but in the configuration file (:mod:`gateway.config`), selected by ``OFFLOAD_CONFIG``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseModel):
+    """Where the gateway listens and how large a request may be."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+
+class UpstreamSettings(BaseModel):
+    """How the gateway talks to engines."""
+
+    connect_timeout: float = Field(default=5.0, gt=0)
+    # Whole-request limit for non-streaming calls and for a stream's first byte; engine timeout -> 504.
+    request_timeout: float = Field(default=600.0, gt=0)
+    # Longest silence allowed inside a stream before it is failed in-band.
+    stream_idle_timeout: float = Field(default=300.0, gt=0)
+    # SSE comment sent to the client while the engine is silent, so proxies keep the stream open.
+    keepalive_interval: float = Field(default=15.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
+
+
+class HealthSettings(BaseModel):
+    """Active probing of engine ``/health`` endpoints."""
+
+    probe_interval: float = Field(default=2.0, gt=0)
+    probe_timeout: float = Field(default=2.0, gt=0)
+    retry_after_seconds: int = Field(default=5, ge=1)
+
+
+class LogSettings(BaseModel):
+    """structlog output."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+    access: bool = True
+
+
+class Settings(BaseSettings):
+    """All settings of one Offload process."""
+
+    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", env_nested_delimiter="__", extra="ignore")
+
+    config: Path | None = None
+    data_dir: Path = Path.home() / ".cache" / "offload"
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    health: HealthSettings = HealthSettings()
+    log: LogSettings = LogSettings()
+
+    @property
+    def models_dir(self) -> Path:
+        """Where packaged models are prepared."""
+        return self.data_dir / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where local engines write their logs."""
+        return self.data_dir / "logs"

@@ -1,0 +1,160 @@
+"""The one HTTP client to engines: pooled connections, JSON calls, and SSE streams that abort on close.
+
+Closing the upstream connection is how vLLM learns that a client went away (it aborts the request
+and frees its KV cache blocks), so every exit path of a call closes or releases its response at once.
+Transport failures become :class:`~gateway.services.errors.GatewayError` subclasses here, so callers
+never see aiohttp exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.services.errors import EngineError, EngineTimeoutError, EngineUnavailableError
+from gateway.settings import UpstreamSettings
+
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_DONE = b"[DONE]"
+
+
+class EngineConnectError(EngineUnavailableError):
+    """The engine could not be reached at all: safe to retry elsewhere, worth marking the replica down."""
+
+
+@dataclass(slots=True)
+class UpstreamReply:
+    """A complete (non-streaming) engine answer."""
+
+    status: int
+    body: bytes
+
+
+class EventStream:
+    """The ``data:`` payloads of an engine's SSE response, ending at ``[DONE]``.
+
+    Iterating raises :class:`EngineError` when the stream breaks, goes silent for longer than the
+    idle timeout, or ends without ``[DONE]`` (the engine died mid-answer).
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+        self._response = response
+        self._idle_timeout = idle_timeout
+        self.finished = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        buffer = b""
+        content = self._response.content
+        try:
+            while True:
+                async with asyncio.timeout(self._idle_timeout):
+                    chunk = await content.readany()
+                if not chunk:
+                    break
+                buffer += chunk
+                if b"\r" in buffer:
+                    buffer = buffer.replace(b"\r\n", b"\n")
+                *events, buffer = buffer.split(b"\n\n")
+                for event in events:
+                    for line in event.split(b"\n"):
+                        if not line.startswith(b"data:"):
+                            continue  # comments and other fields
+                        payload = line[5:].lstrip(b" ")
+                        if payload == _DONE:
+                            self.finished = True
+                            return
+                        yield payload
+        except TimeoutError:
+            raise EngineError("the engine stopped sending while streaming") from None
+        except aiohttp.ClientError:
+            raise EngineError("the engine connection broke while streaming") from None
+        raise EngineError("the engine ended the stream early")
+
+    def close(self) -> None:
+        """Drop the connection (aborts the engine's work if the stream is not finished)."""
+        if self.finished:
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class Upstream:
+    """Pooled HTTP client to engines. Create inside the app's lifespan; :meth:`close` on shutdown."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._settings.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, connect=self._settings.connect_timeout),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post_json(self, base_url: str, path: str, body: bytes) -> UpstreamReply:
+        """POST ``body`` and read the whole answer within the request timeout.
+
+        Cancelling the calling task (client gone) closes the connection, aborting the engine's work.
+        """
+        try:
+            async with asyncio.timeout(self._settings.request_timeout):
+                async with self.session.post(
+                    base_url + path, data=body, headers=_JSON_HEADERS
+                ) as response:
+                    try:
+                        data = await response.read()
+                    except BaseException:
+                        response.close()
+                        raise
+                    return UpstreamReply(response.status, data)
+        except TimeoutError:
+            raise EngineTimeoutError("the engine did not answer in time") from None
+        except aiohttp.ClientConnectorError:
+            raise EngineConnectError("the engine is unreachable") from None
+        except aiohttp.ClientError:
+            raise EngineError("the engine connection failed") from None
+
+    async def open_stream(self, base_url: str, path: str, body: bytes) -> UpstreamReply | EventStream:
+        """POST a streaming request. An engine error status comes back as a complete
+        :class:`UpstreamReply`; a 200 as an :class:`EventStream` the caller must ``close()``."""
+        try:
+            async with asyncio.timeout(self._settings.request_timeout):
+                response = await self.session.post(base_url + path, data=body, headers=_JSON_HEADERS)
+                if response.status != 200:
+                    try:
+                        return UpstreamReply(response.status, await response.read())
+                    finally:
+                        response.release()
+        except TimeoutError:
+            raise EngineTimeoutError("the engine did not start answering in time") from None
+        except aiohttp.ClientConnectorError:
+            raise EngineConnectError("the engine is unreachable") from None
+        except aiohttp.ClientError:
+            raise EngineError("the engine connection failed") from None
+        return EventStream(response, self._settings.stream_idle_timeout)
+
+    async def probe(self, base_url: str, timeout: float) -> bool:
+        """True when ``GET /health`` answers 200 within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session.get(base_url + "/health") as response:
+                    return response.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
