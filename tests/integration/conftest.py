@@ -1,0 +1,85 @@
+"""Session fixtures: two real vLLM CPU engines (started once) and a gateway in front of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from openai import OpenAI
+
+from engines.process import EngineProcess
+from engines.supervisor import Supervisor
+from gateway.config import EngineConfig, LocalEngine, ModelConfig, OffloadConfig
+from gateway.settings import Settings
+from tests.integration.servers import GatewayProcess, free_port
+
+CHAT = "smollm2"
+EMBED = "minilm"
+
+
+class Engines:
+    """The running engines of the test session."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self.by_name: dict[str, EngineProcess] = {e.spec.name: e for e in supervisor.engines}
+
+    def url(self, name: str) -> str:
+        return self.by_name[name].spec.base_url
+
+    def gateway_models(self) -> list[dict]:
+        """Config entries routing to these engines by URL (the gateway does not own them)."""
+        return [
+            {"name": CHAT, "task": "chat", "engine": {"url": self.url(CHAT)}},
+            {"name": EMBED, "task": "embeddings", "engine": {"url": self.url(EMBED)}},
+        ]
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
+    """Real vLLM engines for the packaged models, on free ports (prepared models are reused)."""
+    config = OffloadConfig(
+        models=(
+            ModelConfig(
+                name=CHAT,
+                task="chat",
+                engine=EngineConfig(
+                    local=LocalEngine(model=CHAT, port=free_port(), dtype="float32", max_model_len=4096)
+                ),
+            ),
+            ModelConfig(name=EMBED, task="embeddings", engine=EngineConfig(local=LocalEngine(model=EMBED, port=free_port()))),
+        )
+    )
+    logs = tmp_path_factory.mktemp("engine-logs")
+    supervisor = Supervisor(config, Settings().models_dir, logs)
+    try:
+        supervisor.prepare_models()
+        supervisor.start_all()
+        supervisor.wait_all()
+        yield Engines(supervisor)
+    finally:
+        supervisor.stop_all()
+
+
+@pytest.fixture(scope="session")
+def gateway(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The gateway in front of the session's engines, on a real loopback port."""
+    gw = GatewayProcess(tmp_path_factory.mktemp("gateway"), engines.gateway_models()).start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="session")
+def client(gateway: GatewayProcess) -> OpenAI:
+    """The official OpenAI SDK pointed at the gateway (no retries: tests see each answer)."""
+    return OpenAI(base_url=gateway.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that kill engines run last, so the others see healthy engines."""
+    items.sort(key=lambda item: bool(item.get_closest_marker("destructive")))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "destructive: kills and restarts engines; runs last")
+

@@ -1,0 +1,96 @@
+"""Real servers on loopback for integration tests: vLLM engines and gateway processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition") -> float:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until true; return seconds waited, or fail the test after ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def engine_gauge(base_url: str, name: str) -> float:
+    """A vLLM gauge (e.g. ``vllm:num_requests_running``) read from an engine's /metrics."""
+    text = httpx.get(base_url + "/metrics", timeout=5).text
+    values = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+    assert values, f"{name} not in engine metrics"
+    return sum(values)
+
+
+class GatewayProcess:
+    """``python -m gateway serve`` as a child process with its own config and settings."""
+
+    def __init__(self, workdir: Path, models: list[dict], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / f"gateway-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump({"models": models}))
+        self.log_path = workdir / f"gateway-{self.port}.log"
+        self._env = {
+            **os.environ,
+            "OFFLOAD_CONFIG": str(self.config_path),
+            "OFFLOAD_HEALTH__PROBE_INTERVAL": "0.5",
+            "OFFLOAD_LOG__FORMAT": "json",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready: bool = True) -> GatewayProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
+                cwd=ROOT,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(self._answers, 30, what="gateway /health")
+        if ready:
+            wait_until(lambda: httpx.get(self.base_url + "/ready").status_code == 200, 30, what="/ready")
+        return self
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
+        try:
+            return httpx.get(self.base_url + "/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,57 @@
+"""A client that leaves must stop the engine's work at once (vLLM aborts when the connection closes)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import orjson
+
+from tests.integration.conftest import CHAT, Engines
+from tests.integration.servers import GatewayProcess, engine_gauge, wait_until
+
+RUNNING = "vllm:num_requests_running"
+# ignore_eos + 2000 tokens at ~17 tokens/s: about two minutes of work if nobody aborts it.
+LONG = {"model": CHAT, "messages": [{"role": "user", "content": "Tell me a story."}],
+        "max_tokens": 2000, "ignore_eos": True}
+
+
+def _wait_idle(engines: Engines) -> None:
+    wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 0, 30, what="engine idle")
+
+
+def test_stream_disconnect_aborts_engine_request_within_a_second(gateway: GatewayProcess, engines: Engines) -> None:
+    _wait_idle(engines)
+    with httpx.stream("POST", gateway.base_url + "/v1/chat/completions", json={**LONG, "stream": True},
+                      timeout=60) as r:
+        chunks = 0
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                chunks += 1
+            if chunks >= 5:
+                break
+        assert engine_gauge(engines.url(CHAT), RUNNING) == 1
+    left = time.monotonic()
+    waited = wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 0, 5, interval=0.05,
+                        what="engine to abort")
+    assert time.monotonic() - left <= 1.0, f"engine still running {waited:.2f} s after the client left"
+
+
+def test_non_streaming_disconnect_aborts_engine_request_within_a_second(gateway: GatewayProcess, engines: Engines) -> None:
+    _wait_idle(engines)
+    body = orjson.dumps(LONG)
+    sock = socket.create_connection(("127.0.0.1", gateway.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 1, 10, interval=0.05, what="engine busy")
+    time.sleep(0.5)
+    sock.close()
+    left = time.monotonic()
+    wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 0, 5, interval=0.05, what="engine to abort")
+    assert time.monotonic() - left <= 1.0
+    # The gateway logged the request as a client disconnect (499), not as an error of its own.
+    wait_until(lambda: '"status": 499' in gateway.log() or '"status":499' in gateway.log(), 5,
+               what="499 in the access log")

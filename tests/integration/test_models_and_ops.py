@@ -1,0 +1,41 @@
+"""/v1/models, /health, /ready and /metrics of a gateway in front of real engines."""
+
+from __future__ import annotations
+
+import httpx
+from openai import OpenAI
+
+from tests.integration.conftest import CHAT, EMBED
+from tests.integration.servers import GatewayProcess
+
+
+def test_models_list_names_both_models(client: OpenAI) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert ids == {CHAT, EMBED}
+    assert client.models.retrieve(CHAT).id == CHAT
+
+
+def test_health_and_ready_are_200_with_engines_up(gateway: GatewayProcess) -> None:
+    assert httpx.get(gateway.base_url + "/health").status_code == 200
+    ready = httpx.get(gateway.base_url + "/ready")
+    assert ready.status_code == 200
+    assert ready.json()["models"] == {CHAT: True, EMBED: True}
+
+
+def test_metrics_count_requests_tokens_and_latency_by_model(client: OpenAI, gateway: GatewayProcess) -> None:
+    list(client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Hi"}],
+                                        stream=True, max_tokens=4))
+    text = httpx.get(gateway.base_url + "/metrics").text
+    assert f'offload_requests_total{{endpoint="/v1/chat/completions",model="{CHAT}",status="200"}}' in text
+    assert f'offload_completion_tokens_total{{model="{CHAT}"}}' in text
+    assert f'offload_time_to_first_token_seconds_count{{model="{CHAT}"}}' in text
+    assert f'offload_inter_token_latency_seconds_count{{model="{CHAT}"}}' in text
+    assert f'offload_requests_in_flight{{model="{CHAT}"}} 0.0' in text
+
+
+def test_log_has_one_summary_line_without_prompt_text(client: OpenAI, gateway: GatewayProcess) -> None:
+    secret = "zebra-quartz-7781"
+    client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": secret}], max_tokens=2)
+    log = gateway.log()
+    assert secret not in log
+    assert '"ttft_ms"' in log and '"duration_ms"' in log
