@@ -111,6 +111,11 @@ class EngineProcess:
             )
         return False
 
+    def terminate(self) -> None:
+        """Ask the whole process group to stop (SIGTERM); see :meth:`stop`."""
+        if self._proc is not None:
+            _signal_group(self._proc.pid, signal.SIGTERM)
+
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the whole process group, SIGKILL what is left after ``grace`` seconds."""
         proc = self._proc
@@ -118,11 +123,11 @@ class EngineProcess:
             return
         pgid = proc.pid  # start_new_session: the group id is the leader's pid
         _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pass
-        deadline = time.monotonic() + grace
         while _group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.1)  # children (EngineCore, Worker) may outlive the leader briefly
         if _group_alive(pgid):

@@ -39,6 +39,8 @@ class HealthSettings(BaseModel):
 
     probe_interval: float = Field(default=2.0, gt=0)
     probe_timeout: float = Field(default=2.0, gt=0)
+    # Consecutive slow/failed probes before a replica is taken out (a refused connection: at once).
+    failure_threshold: int = Field(default=3, ge=1)
     retry_after_seconds: int = Field(default=5, ge=1)
 
 

@@ -9,6 +9,7 @@ never see aiohttp exceptions.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -19,6 +20,14 @@ from gateway.settings import UpstreamSettings
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _DONE = b"[DONE]"
+
+
+class ProbeResult(enum.Enum):
+    """Outcome of one health probe."""
+
+    OK = "ok"
+    REFUSED = "refused"  # nothing listens: the engine is certainly down
+    FAILED = "failed"  # slow or unhealthy answer: perhaps only busy
 
 
 class EngineConnectError(EngineUnavailableError):
@@ -150,11 +159,13 @@ class Upstream:
             raise EngineError("the engine connection failed") from None
         return EventStream(response, self._settings.stream_idle_timeout)
 
-    async def probe(self, base_url: str, timeout: float) -> bool:
-        """True when ``GET /health`` answers 200 within ``timeout``."""
+    async def probe(self, base_url: str, timeout: float) -> ProbeResult:
+        """``GET /health``: OK on 200; REFUSED when nothing listens; FAILED otherwise (slow, 5xx)."""
         try:
             async with asyncio.timeout(timeout):
                 async with self.session.get(base_url + "/health") as response:
-                    return response.status == 200
+                    return ProbeResult.OK if response.status == 200 else ProbeResult.FAILED
+        except aiohttp.ClientConnectorError:
+            return ProbeResult.REFUSED
         except (TimeoutError, aiohttp.ClientError, OSError):
-            return False
+            return ProbeResult.FAILED
