@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import LocalEngine, ModelConfig, Task
+from gateway.config import LocalEngine, Task
 
 
 @dataclass(frozen=True)
@@ -18,12 +18,6 @@ class EngineSpec:
     model_dir: Path
     served_name: str
     engine: LocalEngine
-
-    @classmethod
-    def from_config(cls, model: ModelConfig, model_dir: Path) -> EngineSpec:
-        """The spec for a configured model whose engine is local."""
-        assert model.engine.local is not None
-        return cls(model.name, model.task, model_dir, model.served_name, model.engine.local)
 
     @property
     def base_url(self) -> str:

@@ -38,16 +38,20 @@ class Supervisor:
         self._packaged: list[str] = []
         self.engines: list[EngineProcess] = []
         for model in config.models:
-            local = model.engine.local
-            if local is None:
-                continue
-            if local.model in PREPARERS:
-                self._packaged.append(local.model)
-                model_dir = models_dir / local.model
-            else:
-                model_dir = Path(local.model).expanduser()
-            spec = EngineSpec.from_config(model, model_dir)
-            self.engines.append(EngineProcess(spec, logs_dir / f"{model.name}.log"))
+            locals_ = model.local_engines()
+            for version, index, local in locals_:
+                if local.model in PREPARERS:
+                    self._packaged.append(local.model)
+                    model_dir = models_dir / local.model
+                else:
+                    model_dir = Path(local.model).expanduser()
+                # Engine names: smollm2, chat:v1, chat:v1#1 (second replica of v1).
+                name = f"{model.name}:{version}" if version else model.name
+                if index or sum(1 for v, _, _ in locals_ if v == version) > 1:
+                    name += f"#{index}"
+                served = next(e for e in model.version_configs()[version].engines if e.local is local)
+                spec = EngineSpec(name, model.task, model_dir, model.served_name(served), local)
+                self.engines.append(EngineProcess(spec, logs_dir / f"{name.replace(':', '-').replace('#', '-')}.log"))
 
     def _say(self, text: str) -> None:
         print(text, file=self._out, flush=True)

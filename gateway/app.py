@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -20,11 +21,13 @@ from gateway.api.models import ModelsController
 from gateway.config import OffloadConfig, load_config
 from gateway.metrics import Metrics
 from gateway.monitor import HealthMonitor
+from gateway.reloader import ConfigReloader
 from gateway.routing.health import HealthRegistry
 from gateway.routing.table import RouteTable
 from gateway.services.chat import ChatService
 from gateway.services.dispatch import Dispatcher
 from gateway.services.embeddings import EmbeddingsService
+from gateway.services.shadow import ShadowSender
 from gateway.settings import Settings
 from gateway.upstream import Upstream
 
@@ -37,33 +40,44 @@ def create_app(settings: Settings, config: OffloadConfig | None = None) -> Lites
     """Build the gateway for ``config`` (default: the file named by ``settings.config``)."""
     if config is None:
         config = load_config(settings.config)
-    table = RouteTable.from_config(config)
-    health = HealthRegistry()
+    h = settings.health
+    health = HealthRegistry(h.failure_threshold, h.cooldown, h.max_cooldown)
     metrics = Metrics()
     upstream = Upstream(settings.upstream)
-    dispatcher = Dispatcher(table, health, metrics, settings.health.retry_after_seconds)
-    monitor = HealthMonitor(table, health, upstream, metrics, settings.health)
+    dispatcher = Dispatcher(
+        RouteTable.from_config(config), health, metrics, h.retry_after_seconds,
+        max_retries=settings.upstream.max_retries, deadline=settings.upstream.request_timeout,
+    )  # fmt: skip
+    shadows = ShadowSender(dispatcher, upstream, metrics, settings.upstream.max_shadow_in_flight)
+    monitor = HealthMonitor(lambda: dispatcher.table, health, upstream, metrics, h)
+    reloader = ConfigReloader(settings.config, dispatcher, monitor) if settings.config else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await monitor.probe_all()  # know who is up before the first request
-        task = asyncio.create_task(monitor.run(), name="offload-health-monitor")
+        tasks = [asyncio.create_task(monitor.run(), name="offload-health-monitor")]
+        if reloader is not None:
+            if settings.reload.watch_interval:
+                tasks.append(asyncio.create_task(reloader.watch(settings.reload.watch_interval)))
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reloader.reload())))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await shadows.close()
             await upstream.close()
 
     return Litestar(
         route_handlers=[ChatController, EmbeddingsController, ModelsController, OpsController],
         middleware=[DefineMiddleware(AccessMiddleware, metrics=metrics, log_requests=settings.log.access)],
         dependencies={
-            "chat": _const(ChatService(dispatcher, upstream, metrics)),
+            "chat": _const(ChatService(dispatcher, upstream, metrics, shadows)),
             "embeddings": _const(EmbeddingsService(dispatcher, upstream)),
-            "route_table": _const(table),
-            "health_registry": _const(health),
+            "dispatcher": _const(dispatcher),
             "metrics": _const(metrics),
             "upstream_settings": _const(settings.upstream),
             "started_at": _const(int(time.time())),

@@ -7,6 +7,7 @@ See ``deploy/examples/offload.yaml`` for a documented example.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -64,17 +65,76 @@ class EngineConfig(_Strict):
         return self.url.rstrip("/").removesuffix("/v1")
 
 
+PolicyName = Literal["least_outstanding", "round_robin", "prefix_affinity"]
+_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class VersionConfig(_Strict):
+    """One version of a model: its replicas and its share of the traffic."""
+
+    engines: tuple[EngineConfig, ...] = Field(min_length=1, description="the replicas")
+    weight: float = Field(default=0, ge=0, description="share of requests that do not pin a version")
+    shadow: float = Field(default=0, ge=0, le=100, description="percent of requests copied here")
+    fallback: str | None = Field(default=None, description="version to use when none of ours is healthy")
+    policy: PolicyName | None = Field(default=None, description="replica choice; default: the model's")
+
+
 class ModelConfig(_Strict):
-    """One public model name and the engine that serves it."""
+    """One public model name, served by one engine, several replicas, or several versions."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
     task: Task
-    engine: EngineConfig
+    engine: EngineConfig | None = Field(default=None, description="shorthand: one engine, no versions")
+    engines: tuple[EngineConfig, ...] | None = Field(default=None, description="shorthand: replicas, no versions")
+    versions: dict[str, VersionConfig] | None = None
+    aliases: dict[str, str] = Field(default_factory=dict, description="e.g. stable: v1, latest: v2")
+    policy: PolicyName = "least_outstanding"
+    session_header: str = Field(default="x-session-id", description="sticky sessions: this header, else `user`")
+    prefix_chars: int = Field(default=2048, ge=16, description="prompt prefix length prefix_affinity hashes")
 
-    @property
-    def served_name(self) -> str:
-        """The name the engine knows this model by."""
-        return self.engine.served_name or self.name
+    @model_validator(mode="after")
+    def _shape(self) -> ModelConfig:
+        given = [k for k in ("engine", "engines", "versions") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'engine', 'engines' or 'versions'")
+        versions = self.versions or {}
+        for name, version in versions.items():
+            if not re.match(_VERSION, name):
+                raise ValueError(f"version name {name!r} must be letters, digits, '.', '_' or '-'")
+            if version.fallback is not None and version.fallback not in versions:
+                raise ValueError(f"versions.{name}.fallback: no version {version.fallback!r}")
+            if version.fallback == name:
+                raise ValueError(f"versions.{name}.fallback: a version cannot fall back to itself")
+        if versions and not any(v.weight > 0 for v in versions.values()):
+            raise ValueError("at least one version needs a weight above 0")
+        for alias, target in self.aliases.items():
+            if not versions:
+                raise ValueError("aliases need 'versions'")
+            if target not in versions:
+                raise ValueError(f"aliases.{alias}: no version {target!r}")
+            if alias in versions:
+                raise ValueError(f"aliases.{alias}: the name is already a version")
+        return self
+
+    def version_configs(self) -> dict[str, VersionConfig]:
+        """Versions by name; an unversioned model has one version named ``""``."""
+        if self.versions is not None:
+            return self.versions
+        engines = self.engines if self.engines is not None else (self.engine,)
+        return {"": VersionConfig(engines=tuple(e for e in engines if e is not None), weight=1)}
+
+    def served_name(self, engine: EngineConfig) -> str:
+        """The name ``engine`` knows this model by."""
+        return engine.served_name or self.name
+
+    def local_engines(self) -> list[tuple[str, int, LocalEngine]]:
+        """(version, replica index, local engine) for every engine Offload must start."""
+        return [
+            (version, i, e.local)
+            for version, vc in self.version_configs().items()
+            for i, e in enumerate(vc.engines)
+            if e.local is not None
+        ]
 
 
 class OffloadConfig(_Strict):
@@ -88,7 +148,7 @@ class OffloadConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
-        ports = [(m.engine.local.host, m.engine.local.port) for m in self.models if m.engine.local]
+        ports = [(e.host, e.port) for m in self.models for _, _, e in m.local_engines()]
         clash = sorted({p for h, p in ports if ports.count((h, p)) > 1})
         if clash:
             raise ValueError(f"local engines share a port: {clash}")

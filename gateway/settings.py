@@ -32,6 +32,9 @@ class UpstreamSettings(BaseModel):
     # SSE comment sent to the client while the engine is silent, so proxies keep the stream open.
     keepalive_interval: float = Field(default=15.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
+    # Other replicas tried when one fails before anything reached the client.
+    max_retries: int = Field(default=2, ge=0)
+    max_shadow_in_flight: int = Field(default=32, ge=0)
 
 
 class HealthSettings(BaseModel):
@@ -39,9 +42,20 @@ class HealthSettings(BaseModel):
 
     probe_interval: float = Field(default=2.0, gt=0)
     probe_timeout: float = Field(default=2.0, gt=0)
-    # Consecutive slow/failed probes before a replica is taken out (a refused connection: at once).
+    # Consecutive failed probes or requests before a replica is taken out (refused: at once).
     failure_threshold: int = Field(default=3, ge=1)
+    # Circuit breaker: first wait before a failed replica is tried again (doubles, up to the max).
+    cooldown: float = Field(default=2.0, gt=0)
+    max_cooldown: float = Field(default=30.0, gt=0)
+    # Engine /metrics scraping for load-aware routing (0 disables).
+    scrape_interval: float = Field(default=2.0, ge=0)
     retry_after_seconds: int = Field(default=5, ge=1)
+
+
+class ReloadSettings(BaseModel):
+    """Configuration reload (also on SIGHUP)."""
+
+    watch_interval: float = Field(default=2.0, ge=0, description="file change polling; 0 disables")
 
 
 class LogSettings(BaseModel):
@@ -62,6 +76,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     health: HealthSettings = HealthSettings()
+    reload: ReloadSettings = ReloadSettings()
     log: LogSettings = LogSettings()
 
     @property

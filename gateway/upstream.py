@@ -159,6 +159,15 @@ class Upstream:
             raise EngineError("the engine connection failed") from None
         return EventStream(response, self._settings.stream_idle_timeout)
 
+    async def get_text(self, base_url: str, path: str, timeout: float) -> str | None:
+        """``GET`` a small text page (engine metrics); None on any failure."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session.get(base_url + path) as response:
+                    return await response.text() if response.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, OSError, UnicodeDecodeError):
+            return None
+
     async def probe(self, base_url: str, timeout: float) -> ProbeResult:
         """``GET /health``: OK on 200; REFUSED when nothing listens; FAILED otherwise (slow, 5xx)."""
         try:

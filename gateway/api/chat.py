@@ -28,9 +28,9 @@ class ChatController(Controller):
         body = await request.body()
         data, parsed = chat.prepare(body, record)
         if not parsed.stream:
-            answer = await unless_disconnected(request, chat.complete(data, parsed, record))
+            answer = await unless_disconnected(request, chat.complete(data, parsed, record, request.headers))
             return Response(answer, media_type="application/json")
-        stream = await unless_disconnected(request, chat.open_stream(data, parsed, record))
+        stream = await unless_disconnected(request, chat.open_stream(data, parsed, record, request.headers))
         return Stream(
             sse.frame(stream, upstream_settings.keepalive_interval),
             media_type=sse.MEDIA_TYPE,

@@ -20,5 +20,5 @@ class EmbeddingsController(Controller):
         record = record_of(request)
         assert record is not None
         body = await request.body()
-        answer = await unless_disconnected(request, embeddings.embed(body, record))
+        answer = await unless_disconnected(request, embeddings.embed(body, record, request.headers))
         return Response(answer, media_type="application/json")

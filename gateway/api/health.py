@@ -7,8 +7,7 @@ from litestar import Controller, Response, get
 
 from gateway import metrics as metrics_module
 from gateway.metrics import Metrics
-from gateway.routing.health import HealthRegistry
-from gateway.routing.table import RouteTable
+from gateway.services.dispatch import Dispatcher
 
 
 class OpsController(Controller):
@@ -20,9 +19,10 @@ class OpsController(Controller):
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     @get("/ready")
-    async def ready(self, route_table: RouteTable, health_registry: HealthRegistry) -> Response[bytes]:
+    async def ready(self, dispatcher: Dispatcher) -> Response[bytes]:
         """200 when every configured model has a healthy engine, else 503 naming the ones that lack one."""
-        models = {r.model: bool(health_registry.healthy(r.replicas)) for r in route_table.routes}
+        health = dispatcher.health
+        models = {r.model: any(health.is_up(x.id) for x in r.replicas) for r in dispatcher.table.routes}
         ok = all(models.values())
         body = {"status": "ready" if ok else "not_ready", "models": models}
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 _SCOPE_KEY = "offload_record"
 _REQUEST_ID = b"x-request-id"
 _REPLICA = b"x-offload-replica"
+_MODEL = b"x-offload-model"
+_VERSION = b"x-offload-version"
 _log = structlog.get_logger("offload.access")
 
 
@@ -60,6 +62,11 @@ class AccessMiddleware:
                 record.status = message["status"]
                 headers = list(message.get("headers") or ())
                 headers.append((_REQUEST_ID, record.request_id.encode("latin-1")))
+                # What served the request (configured names only, never addresses).
+                if record.public_model is not None:
+                    headers.append((_MODEL, record.public_model.encode()))
+                if record.version not in (None, "-"):
+                    headers.append((_VERSION, record.version.encode()))  # type: ignore[union-attr]
                 if record.replica is not None:
                     headers.append((_REPLICA, record.replica.encode()))
                 message["headers"] = headers

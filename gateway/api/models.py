@@ -1,29 +1,49 @@
-"""``GET /v1/models``."""
+"""``GET /v1/models``: public names, and for versioned models each ``name:version`` and alias."""
 
 from __future__ import annotations
 
 from litestar import Controller, Response, get
 
 from gateway.protocol.models import ModelCard, ModelList
-from gateway.routing.table import RouteTable
+from gateway.routing.table import Route
+from gateway.services.dispatch import Dispatcher
 from gateway.services.errors import ModelNotFoundError
 
 
+def _cards(route: Route, created: int) -> list[ModelCard]:
+    if not route.versioned:
+        return [ModelCard(id=route.model, created=created)]
+    cards = [
+        ModelCard(
+            id=route.model, created=created,
+            versions=[f"{route.model}:{v}" for v in route.versions],
+            aliases={f"{route.model}:{a}": f"{route.model}:{t}" for a, t in route.aliases.items()},
+        )
+    ]  # fmt: skip
+    cards += [ModelCard(id=f"{route.model}:{v}", created=created, parent=route.model) for v in route.versions]
+    cards += [
+        ModelCard(id=f"{route.model}:{a}", created=created, parent=route.model, alias_of=f"{route.model}:{t}")
+        for a, t in route.aliases.items()
+    ]
+    return cards
+
+
 class ModelsController(Controller):
-    """The public model names this gateway serves."""
+    """What this gateway serves."""
 
     path = "/v1/models"
 
     @get()
-    async def list_models(self, route_table: RouteTable, started_at: int) -> Response[bytes]:
-        """OpenAI list of models."""
-        cards = [ModelCard(id=r.model, created=started_at) for r in route_table.routes]
-        return Response(ModelList(data=cards).model_dump_json().encode(), media_type="application/json")
+    async def list_models(self, dispatcher: Dispatcher, started_at: int) -> Response[bytes]:
+        """OpenAI list of models, with versions and aliases as their own entries."""
+        cards = [card for route in dispatcher.table.routes for card in _cards(route, started_at)]
+        return Response(ModelList(data=cards).model_dump_json(exclude_none=True).encode(), media_type="application/json")
 
     @get("/{model:str}")
-    async def get_model(self, model: str, route_table: RouteTable, started_at: int) -> Response[bytes]:
-        """One model, or 404 ``model_not_found``."""
-        if route_table.get(model) is None:
-            raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
-        card = ModelCard(id=model, created=started_at)
-        return Response(card.model_dump_json().encode(), media_type="application/json")
+    async def get_model(self, model: str, dispatcher: Dispatcher, started_at: int) -> Response[bytes]:
+        """One model, version or alias; 404 ``model_not_found`` otherwise."""
+        for route in dispatcher.table.routes:
+            for card in _cards(route, started_at):
+                if card.id == model:
+                    return Response(card.model_dump_json(exclude_none=True).encode(), media_type="application/json")
+        raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")

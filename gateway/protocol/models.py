@@ -14,6 +14,11 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "offload"
+    # Offload's additions (clients ignore unknown fields):
+    parent: str | None = None  # for chat:v2 and chat:stable, the public model
+    alias_of: str | None = None  # for chat:stable, the version it points at
+    versions: list[str] | None = None  # on the public model
+    aliases: dict[str, str] | None = None
 
 
 class ModelList(BaseModel):

@@ -1,27 +1,81 @@
-"""Replica choice policies: small pure classes, ``choose(candidates) -> replica``.
+"""Replica choice policies: small pure classes, ``choose(candidates, key) -> replica``.
 
-Health filtering happens once before a policy sees the candidates.
+Health filtering happens once before a policy sees the candidates (never empty). ``key`` is the
+request's prompt prefix (only prefix affinity uses it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import math
 from typing import Protocol
 
+from gateway.config import PolicyName
 from gateway.routing.health import HealthRegistry
 from gateway.routing.table import Replica
 
 
 class ReplicaPolicy(Protocol):
-    """Chooses one of the healthy candidates (never empty)."""
+    """Chooses one of the healthy candidates."""
 
-    def choose(self, candidates: list[Replica]) -> Replica: ...
+    def choose(self, candidates: list[Replica], key: str | None = None) -> Replica: ...
 
 
 class LeastOutstanding:
-    """The replica with the fewest requests in flight from this gateway; ties go to the first."""
+    """The replica with the least load (our in-flight requests plus the engine's queue)."""
 
     def __init__(self, health: HealthRegistry) -> None:
         self._health = health
 
-    def choose(self, candidates: list[Replica]) -> Replica:
-        return min(candidates, key=lambda r: self._health.in_flight(r.id))
+    def choose(self, candidates: list[Replica], key: str | None = None) -> Replica:
+        return min(candidates, key=lambda r: self._health.load(r.id))
+
+
+class RoundRobin:
+    """Each replica in turn."""
+
+    def __init__(self, health: HealthRegistry) -> None:
+        self._counter = itertools.count()
+
+    def choose(self, candidates: list[Replica], key: str | None = None) -> Replica:
+        return candidates[next(self._counter) % len(candidates)]
+
+
+class PrefixAffinity:
+    """Requests sharing a prompt prefix go to the same replica (to hit vLLM's prefix cache), with
+    bounded load: a replica already carrying more than ``balance`` times the average load is passed
+    over for the next one in the prefix's rendezvous order, so a hot prefix cannot pile every request
+    onto one engine (the "death spiral" of unbounded affinity)."""
+
+    def __init__(self, health: HealthRegistry, balance: float = 1.5) -> None:
+        self._health = health
+        self._balance = balance
+
+    def choose(self, candidates: list[Replica], key: str | None = None) -> Replica:
+        if key is None or len(candidates) == 1:
+            return min(candidates, key=lambda r: self._health.load(r.id))
+        loads = {r.id: self._health.load(r.id) for r in candidates}
+        # Bounded loads: nobody takes more than ceil(balance * (total + 1) / n) requests.
+        cap = math.ceil(self._balance * (sum(loads.values()) + 1) / len(candidates))
+        ranked = sorted(candidates, key=lambda r: _score(key, r.id), reverse=True)
+        for replica in ranked:
+            if loads[replica.id] + 1 <= cap:
+                return replica
+        return min(candidates, key=lambda r: loads[r.id])
+
+
+def _score(key: str, replica_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{key}\x1f{replica_id}".encode(), digest_size=8).digest(), "big")
+
+
+POLICIES: dict[PolicyName, type[LeastOutstanding] | type[RoundRobin] | type[PrefixAffinity]] = {
+    "least_outstanding": LeastOutstanding,
+    "round_robin": RoundRobin,
+    "prefix_affinity": PrefixAffinity,
+}
+
+
+def make_policy(name: PolicyName, health: HealthRegistry) -> ReplicaPolicy:
+    """A fresh policy instance (per version: round robin keeps its own turn)."""
+    return POLICIES[name](health)

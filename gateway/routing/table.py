@@ -1,20 +1,44 @@
-"""The route table: public model name -> the replicas that serve it."""
+"""The route table: public model name -> versions -> replicas, built from the configuration."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from gateway.config import OffloadConfig, Task
+from gateway.config import OffloadConfig, PolicyName, Task
 
 
 @dataclass(frozen=True, slots=True)
 class Replica:
-    """One engine endpoint serving one model. ``id`` is safe to show; ``base_url`` is not."""
+    """One engine endpoint. ``id`` is safe to show to clients; ``base_url`` is not."""
 
     id: str
     model: str
+    version: str
     base_url: str
     served_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One version of a model and its replicas. An unversioned model has one, named ``""``."""
+
+    model: str
+    name: str
+    replicas: tuple[Replica, ...]
+    weight: float = 1.0
+    shadow: float = 0.0
+    fallback: str | None = None
+    policy: PolicyName = "least_outstanding"
+
+    @property
+    def public_id(self) -> str:
+        """What responses report as ``model``: ``chat:v2``, or just ``chat`` when unversioned."""
+        return f"{self.model}:{self.name}" if self.name else self.model
+
+    @property
+    def label(self) -> str:
+        """The metric label for this version (``-`` when unversioned)."""
+        return self.name or "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +47,24 @@ class Route:
 
     model: str
     task: Task
-    replicas: tuple[Replica, ...]
+    versions: dict[str, Version]
+    aliases: dict[str, str] = field(default_factory=dict)
+    session_header: str = "x-session-id"
+    prefix_chars: int = 2048
+
+    @property
+    def versioned(self) -> bool:
+        """False for a model configured with ``engine``/``engines`` only."""
+        return "" not in self.versions
+
+    @property
+    def replicas(self) -> tuple[Replica, ...]:
+        """Every replica of every version."""
+        return tuple(r for v in self.versions.values() for r in v.replicas)
 
 
 class RouteTable:
-    """Immutable lookup built from the configuration."""
+    """Immutable lookup built from the configuration (a reload builds a new table)."""
 
     def __init__(self, routes: dict[str, Route]) -> None:
         self._routes = routes
@@ -37,17 +74,40 @@ class RouteTable:
         """One route per configured model, one replica per engine."""
         routes: dict[str, Route] = {}
         for m in config.models:
-            replica = Replica(
-                id=f"{m.name}-0",
+            versions: dict[str, Version] = {}
+            for name, vc in m.version_configs().items():
+                stem = f"{m.name}-{name}" if name else m.name
+                replicas = tuple(
+                    Replica(
+                        id=f"{stem}-{i}",
+                        model=m.name,
+                        version=name,
+                        base_url=e.base_url,
+                        served_name=m.served_name(e),
+                    )
+                    for i, e in enumerate(vc.engines)
+                )
+                versions[name] = Version(
+                    model=m.name,
+                    name=name,
+                    replicas=replicas,
+                    weight=vc.weight,
+                    shadow=vc.shadow,
+                    fallback=vc.fallback,
+                    policy=vc.policy or m.policy,
+                )
+            routes[m.name] = Route(
                 model=m.name,
-                base_url=m.engine.base_url,
-                served_name=m.served_name,
+                task=m.task,
+                versions=versions,
+                aliases=dict(m.aliases),
+                session_header=m.session_header.lower(),
+                prefix_chars=m.prefix_chars,
             )
-            routes[m.name] = Route(model=m.name, task=m.task, replicas=(replica,))
         return cls(routes)
 
     def get(self, model: str) -> Route | None:
-        """The route for ``model``, or None when it is not served."""
+        """The route for public name ``model``, or None when it is not served."""
         return self._routes.get(model)
 
     @property

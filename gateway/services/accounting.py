@@ -18,7 +18,10 @@ class RequestRecord:
     model: str | None = None  # as requested (for the log)
     routed_model: str | None = None  # a configured model name (safe as a metric label)
     in_flight: bool = False
+    version: str | None = None  # metric label of the serving version ("-" when unversioned)
+    public_model: str | None = None  # what the response reports: chat:v2
     replica: str | None = None
+    retries: int = 0
     stream: bool = False
     status: int = 0
     error_type: str | None = None

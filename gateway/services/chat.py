@@ -1,9 +1,10 @@
-"""Chat completions: validate, pick a replica, relay to the engine, normalise the answer."""
+"""Chat completions: validate, choose version and replica, relay to the engine, normalise the answer."""
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -11,22 +12,41 @@ import orjson
 from gateway.metrics import Metrics
 from gateway.protocol.chat import FINISH_REASONS, ChatCompletionRequest
 from gateway.protocol.errors import ErrorDetail, ErrorResponse
+from gateway.routing.table import Replica, Route, Version
+from gateway.routing.versions import choose_shadows
 from gateway.services.accounting import RequestRecord
 from gateway.services.dispatch import Dispatcher, engine_error
 from gateway.services.errors import EngineError, GatewayError
 from gateway.services.parsing import parse_body
-from gateway.upstream import EventStream, Upstream, UpstreamReply
+from gateway.services.shadow import ShadowSender
+from gateway.upstream import EventStream, Upstream
 
 PATH = "/v1/chat/completions"
+_OK_FINISH = FINISH_REASONS | {None}
+
+
+def prefix_key(request: ChatCompletionRequest, chars: int) -> str:
+    """A short digest of the prompt's first ``chars`` characters (for prefix affinity)."""
+    parts: list[str] = []
+    size = 0
+    for message in request.messages:
+        content = message.content
+        text = content if isinstance(content, str) else orjson.dumps(content).decode() if content else ""
+        parts.append(f"{message.role}\x1e{text}\x1d")
+        size += len(parts[-1])
+        if size >= chars:
+            break
+    return hashlib.blake2b("".join(parts)[:chars].encode(), digest_size=12).hexdigest()
 
 
 class ChatService:
     """Serves ``/v1/chat/completions`` for every configured chat model."""
 
-    def __init__(self, dispatcher: Dispatcher, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(self, dispatcher: Dispatcher, upstream: Upstream, metrics: Metrics, shadows: ShadowSender) -> None:
         self._dispatcher = dispatcher
         self._upstream = upstream
         self._metrics = metrics
+        self._shadows = shadows
 
     def prepare(self, body: bytes, record: RequestRecord) -> tuple[dict[str, Any], ChatCompletionRequest]:
         """Parse and validate a request body; fills in what the record needs to know early."""
@@ -35,53 +55,78 @@ class ChatService:
         record.stream = request.stream
         return data, request
 
-    async def complete(self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord) -> bytes:
+    def _target(
+        self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord, headers: Mapping[str, str]
+    ) -> tuple[Route, Version, str | None]:
+        """Route, version (sticky by session), prefix key; and the shadow copies, sent now."""
+        route, _ = self._dispatcher.route(request.model, "chat")
+        session = headers.get(route.session_header) or request.user
+        route, choice = self._dispatcher.resolve(request.model, "chat", session, record)
+        key = prefix_key(request, route.prefix_chars) if choice.version.policy == "prefix_affinity" else None
+        shadows = choose_shadows(route, choice.version, record.request_id)
+        if shadows:
+            self._shadows.send(route, shadows, PATH, data)
+        return route, choice.version, key
+
+    async def complete(
+        self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord, headers: Mapping[str, str]
+    ) -> bytes:
         """A non-streaming completion: the engine's JSON answer, normalised."""
-        route, replica = self._dispatcher.pick(request.model, "chat", record)
-        data["model"] = replica.served_name
-        with self._dispatcher.calling(replica):
-            reply = await self._upstream.post_json(replica.base_url, PATH, orjson.dumps(data))
-        if reply.status != 200:
-            raise engine_error(reply.status, reply.body)
-        try:
-            answer = orjson.loads(reply.body)
-        except orjson.JSONDecodeError:
-            raise EngineError("The engine sent an unreadable answer.") from None
-        for choice in answer.get("choices") or ():
-            if choice.get("finish_reason") not in FINISH_REASONS | {None}:
+        route, version, key = self._target(data, request, record, headers)
+
+        async def attempt(replica: Replica) -> dict[str, Any]:
+            reply = await self._upstream.post_json(replica.base_url, PATH, _body(data, replica))
+            if reply.status != 200:
+                raise engine_error(reply.status, reply.body)
+            try:
+                answer: dict[str, Any] = orjson.loads(reply.body)
+            except orjson.JSONDecodeError:
+                raise EngineError("The engine sent an unreadable answer.") from None
+            if any(c.get("finish_reason") not in _OK_FINISH for c in answer.get("choices") or ()):
                 raise EngineError("The engine aborted the request.")
+            return answer
+
+        answer, used = await self._dispatcher.with_failover(route, version, record, attempt, key)
         usage = answer.get("usage") or {}
         record.prompt_tokens = usage.get("prompt_tokens")
         record.completion_tokens = usage.get("completion_tokens")
-        answer["model"] = route.model
+        record.public_model = answer["model"] = used.public_id
         return orjson.dumps(answer)
 
     async def open_stream(
-        self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord
+        self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord, headers: Mapping[str, str]
     ) -> ChatStream:
-        """Start a stream. Everything that can fail before the first byte raises here (so the
-        client gets a real status); what fails later becomes an in-band error event."""
-        route, replica = self._dispatcher.pick(request.model, "chat", record)
-        data["model"] = replica.served_name
+        """Start a stream. What fails before the engine starts answering raises here (a real status,
+        after failover); what fails later becomes an in-band error event."""
+        route, version, key = self._target(data, request, record, headers)
         # Ask for usage even when the client did not, for accounting; that chunk is then dropped.
         data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
-        with self._dispatcher.calling(replica):
-            opened = await self._upstream.open_stream(replica.base_url, PATH, orjson.dumps(data))
-        if isinstance(opened, UpstreamReply):
-            raise engine_error(opened.status, opened.body)
-        self._dispatcher.health.begin(replica.id)
-        events = self._relay(opened, route.model, request.include_usage, record)
-        return ChatStream(events, opened, lambda: self._dispatcher.health.end(replica.id))
+
+        async def attempt(replica: Replica) -> tuple[EventStream, Replica]:
+            opened = await self._upstream.open_stream(replica.base_url, PATH, _body(data, replica))
+            if not isinstance(opened, EventStream):
+                raise engine_error(opened.status, opened.body)
+            return opened, replica
+
+        (stream, replica), used = await self._dispatcher.with_failover(route, version, record, attempt, key)
+        record.public_model = used.public_id
+        health = self._dispatcher.health
+        health.begin(replica.id)
+        labels = (route.model, used.label, replica.id)
+        events = self._relay(stream, used.public_id, labels, request.include_usage, record)
+        return ChatStream(events, stream, lambda: health.end(replica.id))
 
     async def _relay(
         self,
         stream: EventStream,
-        model: str,
+        public_id: str,
+        labels: tuple[str, str, str],
         include_usage: bool,
         record: RequestRecord,
     ) -> AsyncGenerator[bytes, None]:
         """Engine events -> client events (JSON payloads; framing is the transport's job)."""
-        itl = self._metrics.itl.labels(model)
+        itl = self._metrics.itl.labels(*labels)
+        health = self._dispatcher.health
         last = 0.0
         try:
             async for payload in stream:
@@ -89,6 +134,7 @@ class ChatService:
                 if not isinstance(event, dict):
                     continue
                 if "error" in event:
+                    record.error_type = "engine_error"
                     yield _in_band(engine_error(502, payload))
                     return
                 choices = event.get("choices")
@@ -99,25 +145,32 @@ class ChatService:
                         record.completion_tokens = usage.get("completion_tokens")
                         if not include_usage:
                             continue
-                elif any(c.get("finish_reason") not in FINISH_REASONS | {None} for c in choices):
+                elif any(c.get("finish_reason") not in _OK_FINISH for c in choices):
+                    record.error_type = "engine_aborted"
                     yield _in_band(EngineError("The engine aborted the request."))
                     return
                 now = time.perf_counter()
                 if record.ttft_s is None:
                     record.ttft_s = now - record.started
-                    self._metrics.ttft.labels(model).observe(record.ttft_s)
+                    self._metrics.ttft.labels(*labels).observe(record.ttft_s)
                 else:
                     itl.observe(now - last)
                 last = now
-                if event.get("model") != model:
-                    event["model"] = model
+                if event.get("model") != public_id:
+                    event["model"] = public_id
                     payload = orjson.dumps(event)
                 yield payload
+            health.success(labels[2])
         except GatewayError as exc:
             record.error_type = exc.code
+            health.failure(labels[2], unreachable=False)
             yield _in_band(exc)
         finally:
             stream.close()
+
+
+def _body(data: dict[str, Any], replica: Replica) -> bytes:
+    return orjson.dumps({**data, "model": replica.served_name})
 
 
 class ChatStream:
@@ -127,7 +180,9 @@ class ChatStream:
     that left before the first byte), which a bare async generator's ``aclose`` would not cover.
     """
 
-    def __init__(self, events: AsyncGenerator[bytes, None], upstream: EventStream, on_close: Callable[[], None]) -> None:
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], upstream: EventStream, on_close: Callable[[], None]
+    ) -> None:
         self._events = events
         self._upstream = upstream
         self._on_close: Callable[[], None] | None = on_close

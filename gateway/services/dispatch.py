@@ -1,88 +1,179 @@
-"""From a public model name to one healthy replica, and the bookkeeping around an engine call."""
+"""From a requested model to a version and a healthy replica, and the bookkeeping around engine calls."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import orjson
 
 from gateway.config import Task
 from gateway.metrics import Metrics
 from gateway.protocol.errors import ErrorResponse
-from gateway.routing.health import HealthRegistry, State
-from gateway.routing.policy import LeastOutstanding, ReplicaPolicy
-from gateway.routing.table import Replica, Route, RouteTable
+from gateway.routing.health import HealthRegistry
+from gateway.routing.policy import ReplicaPolicy, make_policy
+from gateway.routing.table import Replica, Route, RouteTable, Version
+from gateway.routing.versions import Choice, UnknownVersion, choose_version, fallback_chain, split_model
 from gateway.services.accounting import RequestRecord
 from gateway.services.errors import (
+    EngineError,
     EngineStatusError,
+    EngineTimeoutError,
     EngineUnavailableError,
+    GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
 )
 from gateway.upstream import EngineConnectError
 
+T = TypeVar("T")
 _TASK_NAMES = {"chat": "chat completions", "embeddings": "embeddings"}
 
 
+def is_retryable(error: GatewayError) -> bool:
+    """Failures that happen before the engine did any work for us: safe on another replica."""
+    if isinstance(error, EngineConnectError):
+        return True
+    return isinstance(error, EngineStatusError) and error.status in (502, 503)
+
+
 class Dispatcher:
-    """Resolves models to replicas and keeps replica health/in-flight state honest."""
+    """Resolves models to versions and replicas; keeps health and in-flight state honest."""
 
     def __init__(
-        self, table: RouteTable, health: HealthRegistry, metrics: Metrics, retry_after: int
+        self,
+        table: RouteTable,
+        health: HealthRegistry,
+        metrics: Metrics,
+        retry_after: int,
+        max_retries: int = 2,
+        deadline: float = 600.0,
     ) -> None:
+        self._max_retries = max_retries
+        self._deadline = deadline
         self.table = table
         self.health = health
         self._metrics = metrics
         self._retry_after = retry_after
-        self._policy: ReplicaPolicy = LeastOutstanding(health)
+        self._policies: dict[tuple[str, str], ReplicaPolicy] = {}
 
-    def pick(self, model: str, task: Task, record: RequestRecord) -> tuple[Route, Replica]:
-        """Route ``model`` and choose its replica, noting both on the record."""
-        route = self.route(model, task)
-        record.routed_model = route.model
-        self._metrics.begin(record)
-        replica = self.choose(route)
-        record.replica = replica.id
-        return route, replica
+    def replace_table(self, table: RouteTable) -> None:
+        """Swap in a reloaded configuration; requests in flight keep the replicas they hold."""
+        self.table = table
+        self._policies.clear()
+        self.health.forget({r.id for r in table.replicas()})
 
-    def route(self, model: str, task: Task) -> Route:
-        """The route for a requested model, or a 404/400 the client can act on."""
-        route = self.table.get(model)
+    def route(self, requested: str, task: Task) -> tuple[Route, str | None]:
+        """The route for a requested model (``chat``, ``chat:v2``, ``chat:stable``) and its selector."""
+        route = self.table.get(requested)
+        selector = None
+        if route is None:
+            name, selector = split_model(requested)
+            route = self.table.get(name) if selector is not None else None
         if route is None:
             known = ", ".join(r.model for r in self.table.routes if r.task == task)
             raise ModelNotFoundError(
-                f"The model '{model}' does not exist. Available {_TASK_NAMES[task]} models: {known}.",
+                f"The model '{requested}' does not exist. Available {_TASK_NAMES[task]} models: {known}.",
                 param="model",
             )
         if route.task != task:
             raise InvalidRequestError(
-                f"The model '{model}' does not support {_TASK_NAMES[task]}.", param="model"
+                f"The model '{requested}' does not support {_TASK_NAMES[task]}.", param="model"
             )
-        return route
+        return route, selector
 
-    def choose(self, route: Route) -> Replica:
-        """A healthy replica of ``route``; 503 with Retry-After when there is none."""
-        candidates = self.health.healthy(route.replicas)
-        if not candidates:
-            raise EngineUnavailableError(
-                f"The model '{route.model}' has no engine ready to serve it; retry shortly.",
-                retry_after=self._retry_after,
-            )
-        return self._policy.choose(candidates)
+    def resolve(self, requested: str, task: Task, session: str | None, record: RequestRecord) -> tuple[Route, Choice]:
+        """Route and version for a request, noted on the record."""
+        route, selector = self.route(requested, task)
+        try:
+            choice = choose_version(route, selector, session)
+        except UnknownVersion as exc:
+            raise ModelNotFoundError(str(exc), param="model") from None
+        record.routed_model = route.model
+        record.version = choice.version.label
+        self._metrics.begin(record)
+        self._metrics.decisions.labels(route.model, choice.version.label, choice.reason).inc()
+        return route, choice
+
+    def _policy(self, version: Version) -> ReplicaPolicy:
+        key = (version.model, version.name)
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = self._policies[key] = make_policy(version.policy, self.health)
+        return policy
+
+    def choose(
+        self,
+        route: Route,
+        version: Version,
+        record: RequestRecord,
+        exclude: frozenset[str] = frozenset(),
+        key: str | None = None,
+    ) -> tuple[Version, Replica]:
+        """A replica of ``version`` (or of its fallbacks) that may take the request; 503 when none."""
+        for candidate in fallback_chain(route, version):
+            replicas = self.health.healthy(candidate.replicas, exclude)
+            if replicas:
+                if candidate is not version:
+                    self._metrics.decisions.labels(route.model, candidate.label, "fallback").inc()
+                    record.version = candidate.label
+                replica = self._policy(candidate).choose(replicas, key)
+                record.replica = replica.id
+                return candidate, replica
+        raise EngineUnavailableError(
+            f"The model '{version.public_id}' has no engine ready to serve it; retry shortly.",
+            retry_after=self._retry_after,
+        )
 
     @contextmanager
     def calling(self, replica: Replica) -> Iterator[None]:
-        """Count the call in flight; mark the replica down if it cannot be reached."""
+        """Count a call in flight and feed its outcome to the replica's circuit breaker."""
         self.health.begin(replica.id)
         try:
             yield
         except EngineConnectError as exc:
-            self.health.mark(replica.id, State.DOWN)
+            self.health.failure(replica.id, unreachable=True)
             exc.retry_after = self._retry_after
             raise
+        except (EngineError, EngineTimeoutError) as exc:
+            self.health.failure(replica.id, unreachable=False)
+            raise
+        except EngineStatusError as exc:
+            if exc.status >= 500:
+                self.health.failure(replica.id, unreachable=False)
+            raise
+        else:
+            self.health.success(replica.id)
         finally:
             self.health.end(replica.id)
+
+    async def with_failover(
+        self,
+        route: Route,
+        version: Version,
+        record: RequestRecord,
+        attempt: Callable[[Replica], Awaitable[T]],
+        key: str | None = None,
+    ) -> tuple[T, Version]:
+        """Run ``attempt`` on a replica; on a failure that left nothing with the client (unreachable,
+        502/503, connection lost before the answer) try another replica, within the retry budget
+        and the request's deadline. Returns the result and the version that served it."""
+        tried: set[str] = set()
+        deadline = record.started + self._deadline
+        while True:
+            used, replica = self.choose(route, version, record, frozenset(tried), key)
+            try:
+                with self.calling(replica):
+                    return await attempt(replica), used
+            except GatewayError as exc:
+                retryable = is_retryable(exc) or isinstance(exc, EngineError)
+                if not retryable or len(tried) >= self._max_retries or time.perf_counter() >= deadline:
+                    raise
+                tried.add(replica.id)
+                record.retries += 1
+                self._metrics.retries.labels(route.model, used.label, replica.id).inc()
 
 
 def engine_error(status: int, body: bytes) -> EngineStatusError:

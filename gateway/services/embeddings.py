@@ -1,10 +1,14 @@
-"""Embeddings: validate, pick a replica, relay (float or base64 encoding is the engine's job)."""
+"""Embeddings: validate, choose version and replica, relay (float/base64 encoding is the engine's job)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
 from gateway.protocol.embeddings import EmbeddingRequest
+from gateway.routing.table import Replica
 from gateway.services.accounting import RequestRecord
 from gateway.services.dispatch import Dispatcher, engine_error
 from gateway.services.errors import EngineError, InvalidRequestError
@@ -21,23 +25,29 @@ class EmbeddingsService:
         self._dispatcher = dispatcher
         self._upstream = upstream
 
-    async def embed(self, body: bytes, record: RequestRecord) -> bytes:
-        """The engine's embedding list, with ``model`` set to the public name."""
+    async def embed(self, body: bytes, record: RequestRecord, headers: Mapping[str, str]) -> bytes:
+        """The engine's embedding list, with ``model`` set to the public name of what served it."""
         data, request = parse_body(body, EmbeddingRequest)
         record.model = request.model
         if request.input_is_empty():
             raise InvalidRequestError("'input' must not be empty.", param="input")
-        route, replica = self._dispatcher.pick(request.model, "embeddings", record)
-        data["model"] = replica.served_name
-        with self._dispatcher.calling(replica):
-            reply = await self._upstream.post_json(replica.base_url, PATH, orjson.dumps(data))
-        if reply.status != 200:
-            raise engine_error(reply.status, reply.body)
-        try:
-            answer = orjson.loads(reply.body)
-        except orjson.JSONDecodeError:
-            raise EngineError("The engine sent an unreadable answer.") from None
-        usage = answer.get("usage") or {}
-        record.prompt_tokens = usage.get("prompt_tokens")
-        answer["model"] = route.model
+        route, _ = self._dispatcher.route(request.model, "embeddings")
+        session = headers.get(route.session_header) or request.user
+        route, choice = self._dispatcher.resolve(request.model, "embeddings", session, record)
+
+        async def attempt(replica: Replica) -> dict[str, Any]:
+            reply = await self._upstream.post_json(
+                replica.base_url, PATH, orjson.dumps({**data, "model": replica.served_name})
+            )
+            if reply.status != 200:
+                raise engine_error(reply.status, reply.body)
+            try:
+                answer: dict[str, Any] = orjson.loads(reply.body)
+            except orjson.JSONDecodeError:
+                raise EngineError("The engine sent an unreadable answer.") from None
+            return answer
+
+        answer, used = await self._dispatcher.with_failover(route, choice.version, record, attempt)
+        record.prompt_tokens = (answer.get("usage") or {}).get("prompt_tokens")
+        record.public_model = answer["model"] = used.public_id
         return orjson.dumps(answer)
