@@ -14,6 +14,7 @@ from gateway.settings import Settings
 from tests.integration.servers import GatewayProcess, free_port
 
 CHAT = "smollm2"
+CHAT_V2 = "smollm2-v2"  # a second SmolLM2 engine: version v2 / a second replica in routing tests
 EMBED = "minilm"
 
 
@@ -48,6 +49,13 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
                 ),
             ),
             ModelConfig(name=EMBED, task="embeddings", engine=EngineConfig(local=LocalEngine(model=EMBED, port=free_port()))),
+            ModelConfig(
+                name=CHAT_V2,
+                task="chat",
+                engine=EngineConfig(
+                    local=LocalEngine(model=CHAT, port=free_port(), dtype="float32", max_model_len=4096)
+                ),
+            ),
         )
     )
     logs = tmp_path_factory.mktemp("engine-logs")

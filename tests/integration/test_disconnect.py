@@ -26,14 +26,13 @@ def test_stream_disconnect_aborts_engine_request_within_a_second(gateway: Gatewa
     with httpx.stream("POST", gateway.base_url + "/v1/chat/completions", json={**LONG, "stream": True},
                       timeout=60) as r:
         assert r.status_code == 200
+        lines = r.iter_lines()  # keep the iterator: dropping it would close the connection early
         chunks = 0
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                chunks += 1
-            if chunks >= 5:
-                break
-        # vLLM refreshes its gauges as engine steps report; give it a moment to show the request.
+        while chunks < 5:
+            chunks += next(lines).startswith("data: ")
+        # The engine shows the request as running (it would for minutes: 2000 tokens, ignore_eos).
         wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 1, 10, interval=0.05, what="engine busy")
+        r.close()
     left = time.monotonic()
     waited = wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 0, 5, interval=0.05,
                         what="engine to abort")

@@ -1,0 +1,67 @@
+"""One replica of a version killed under load: requests that had received nothing are not lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.integration.conftest import CHAT, CHAT_V2, Engines
+from tests.integration.servers import GatewayProcess, engine_gauge
+
+pytestmark = pytest.mark.destructive
+
+
+def test_killing_a_replica_under_load_loses_no_request_that_had_no_byte(engines: Engines, tmp_path: Path) -> None:
+    models = [{
+        "name": "pool", "task": "chat", "policy": "round_robin",
+        "engines": [{"url": engines.url(CHAT), "served_name": CHAT}, {"url": engines.url(CHAT_V2), "served_name": CHAT_V2}],
+    }]  # fmt: skip
+    gw = GatewayProcess(tmp_path, models).start()
+    client = OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0, timeout=300)
+    victim = engines.by_name[CHAT_V2]
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 25
+
+    def worker(i: int) -> None:
+        while time.monotonic() < stop_at:
+            try:
+                reply = client.chat.completions.create(
+                    model="pool", messages=[{"role": "user", "content": f"Count from {i}."}],
+                    max_tokens=12, extra_body={"ignore_eos": True},
+                )
+                ok = reply.usage is not None and reply.usage.completion_tokens == 12
+                with lock:
+                    outcomes.append("ok" if ok else "short")
+            except openai.APIError as exc:
+                with lock:
+                    outcomes.append(f"error:{type(exc).__name__}:{getattr(exc, 'status_code', '')}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(6)
+        assert engine_gauge(engines.url(CHAT_V2), "vllm:num_requests_running") > 0, "victim idle: no load on it"
+        assert victim.pid is not None
+        os.killpg(victim.pid, signal.SIGKILL)
+        killed = len(outcomes)
+        for t in threads:
+            t.join(timeout=120)
+        assert all(not t.is_alive() for t in threads)
+        errors = [o for o in outcomes if o != "ok"]
+        assert not errors, f"lost requests: {errors}"
+        assert len(outcomes) > killed + 8, "too little traffic after the kill to show failover"
+        metrics = httpx.get(gw.base_url + "/metrics").text
+        assert 'offload_retries_total{model="pool"' in metrics
+    finally:
+        gw.stop()
+        victim.stop()
