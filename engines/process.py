@@ -18,6 +18,7 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
+from engines.limits import Limits, limits_for
 from engines.spec import EngineSpec
 
 _PR_SET_PDEATHSIG = 1
@@ -42,6 +43,8 @@ class EngineProcess:
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
+        e = spec.engine
+        self.limits: Limits = limits_for(spec.name, e.cpus, e.memory_limit_gib)
 
     @property
     def pid(self) -> int | None:
@@ -53,6 +56,13 @@ class EngineProcess:
         if self._proc is not None and self._proc.poll() is None:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.limits.prepare()
+        limits = self.limits
+
+        def in_child() -> None:
+            _die_with_parent()
+            limits.apply_in_child()
+
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 self.spec.argv(),
@@ -61,7 +71,7 @@ class EngineProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.spec.env()},
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=in_child,
             )
         self.started_at = time.monotonic()
 

@@ -1,11 +1,27 @@
-"""Owns the local engines of a configuration: prepares their models, starts them, waits, stops them."""
+"""Owns the local engines of a configuration: prepares their models, starts them, keeps them alive.
+
+* Crashed engines are restarted with exponential back-off (1 s doubling to 60 s; reset once an
+  engine has stayed up for a minute), whatever killed them: a bug, ``kill -9``, or the OOM killer
+  enforcing the engine's memory limit.
+* On-demand engines start on their first request and stop after ``idle_timeout`` without traffic.
+* Everything is stopped on shutdown: SIGTERM to each engine's process group, SIGKILL after a grace.
+
+A watcher thread does the keeping-alive; the gateway reaches the supervisor through
+:class:`engines.control.LocalEngineControl` (thread-safe calls only).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -14,7 +30,11 @@ from engines.process import EngineProcess, EngineStartError
 from engines.spec import EngineSpec
 from gateway.config import OffloadConfig
 
-__all__ = ["EngineStartError", "Supervisor"]
+__all__ = ["EngineStartError", "ManagedEngine", "Supervisor"]
+
+BACKOFF_START = 1.0
+BACKOFF_MAX = 60.0
+STABLE_AFTER = 60.0  # seconds up after which a crash counts as a fresh one (back-off reset)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -27,6 +47,66 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _is_engine_group(pgid: int) -> bool:
+    """True when group ``pgid`` still holds vLLM processes (the API server, or the EngineCore and
+    Worker it left behind); a recycled id of something else is never signalled."""
+    for pid in group_members(pgid):
+        try:
+            if b"vllm" in Path(f"/proc/{pid}/cmdline").read_bytes().lower():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def describe_exit(code: int) -> str:
+    """``-9`` -> ``"killed by SIGKILL"`` (the OOM killer's signal), ``1`` -> ``"exit status 1"``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+@dataclass
+class ManagedEngine:
+    """One engine and what the supervisor knows about it."""
+
+    process: EngineProcess
+    state: str = "stopped"  # stopped | starting | ready | backoff | failed
+    wanted: bool = False  # should be running
+    restarts: int = 0
+    last_exit: str | None = None
+    backoff: float = BACKOFF_START
+    next_start: float = 0.0
+    ready_since: float | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    in_flight: int = 0  # requests the gateway has on this engine
+    ready_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def name(self) -> str:
+        return self.process.spec.name
+
+    @property
+    def on_demand(self) -> bool:
+        return self.process.spec.engine.on_demand
+
+
 class Supervisor:
     """The local engines of one configuration (engines given by URL are not ours to run)."""
 
@@ -36,7 +116,11 @@ class Supervisor:
         self._models_dir = models_dir
         self._out = out
         self._packaged: list[str] = []
-        self.engines: list[EngineProcess] = []
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.managed: dict[str, ManagedEngine] = {}
+        self._state_file: Path | None = None
         for model in config.models:
             locals_ = model.local_engines()
             for version, index, local in locals_:
@@ -51,7 +135,13 @@ class Supervisor:
                     name += f"#{index}"
                 served = next(e for e in model.version_configs()[version].engines if e.local is local)
                 spec = EngineSpec(name, model.task, model_dir, model.served_name(served), local)
-                self.engines.append(EngineProcess(spec, logs_dir / f"{name.replace(':', '-').replace('#', '-')}.log"))
+                log = logs_dir / f"{name.replace(':', '-').replace('#', '-')}.log"
+                self.managed[name] = ManagedEngine(EngineProcess(spec, log))
+
+    @property
+    def engines(self) -> list[EngineProcess]:
+        """The engine processes, in configuration order."""
+        return [m.process for m in self.managed.values()]
 
     def _say(self, text: str) -> None:
         print(text, file=self._out, flush=True)
@@ -70,44 +160,187 @@ class Supervisor:
         if subprocess.run(cmd, check=False).returncode != 0:
             raise EngineStartError("model preparation failed (see above)")
 
+    # --- start-up (blocking, with progress) ----------------------------------------------------
+    def reap_stale(self, state_file: Path) -> None:
+        """Stop engines a previous run left behind (it was killed before it could stop them),
+        then record this run's engine process groups in ``state_file`` as they start."""
+        self._state_file = state_file
+        try:
+            stale = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            stale = []
+        for pgid in stale:
+            if isinstance(pgid, int) and _is_engine_group(pgid):
+                self._say(f"stopping engine process group {pgid} left by an earlier run")
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text("[]")
+
+    def _record_pids(self) -> None:
+        if self._state_file is not None:
+            pids = [m.process.pid for m in self.managed.values() if m.process.pid is not None]
+            self._state_file.write_text(json.dumps(pids))
+
     def start_all(self) -> None:
-        """Start every local engine (they load in parallel)."""
-        for engine in self.engines:
-            e = engine.spec.engine
+        """Start every engine that is not on-demand (they load in parallel)."""
+        for m in self.managed.values():
+            e = m.process.spec.engine
             if not _port_free(e.host, e.port):
                 raise EngineStartError(
-                    f"port {e.port} for engine {engine.spec.name} is already in use "
-                    "(another Offload still running?)"
+                    f"port {e.port} for engine {m.name} is already in use (another Offload still running?)"
                 )
-        for engine in self.engines:
-            engine.start()
-            self._say(f"engine {engine.spec.name}: starting (pid {engine.pid}, log {engine.log_path})")
+        for m in self.managed.values():
+            if m.on_demand:
+                self._say(f"engine {m.name}: on demand (starts on its first request)")
+                continue
+            self._launch(m)
+            self._say(f"engine {m.name}: starting (pid {m.process.pid}, log {m.process.log_path})")
+
+    def _launch(self, m: ManagedEngine) -> None:
+        with self._lock:
+            m.wanted = True
+            m.state = "starting"
+            m.ready_event.clear()
+            m.process.start()
+            self._record_pids()
 
     def wait_all(self, poll: float = 1.0, report_every: float = 10.0) -> None:
-        """Block until every engine is healthy, printing progress; raise if one fails."""
-        pending = list(self.engines)
+        """Block until every started engine is healthy, printing progress; raise if one fails."""
+        pending = [m for m in self.managed.values() if m.state == "starting"]
         started = time.monotonic()
         last_report = started
         while pending:
-            for engine in list(pending):
-                if engine.check_started():
-                    pending.remove(engine)
-                    self._say(f"engine {engine.spec.name}: ready at {engine.spec.base_url} "
-                              f"({time.monotonic() - started:.0f} s)")
+            for m in list(pending):
+                if m.process.check_started():
+                    pending.remove(m)
+                    self._mark_ready(m)
+                    self._say(f"engine {m.name}: ready at {m.process.spec.base_url} ({time.monotonic() - started:.0f} s)")
             if pending and time.monotonic() - last_report >= report_every:
                 last_report = time.monotonic()
-                for engine in pending:
-                    tail = engine.log_tail(1)
+                for m in pending:
+                    tail = m.process.log_tail(1)
                     hint = f" - {tail[0][-100:]}" if tail else ""
-                    self._say(f"engine {engine.spec.name}: loading ({last_report - started:.0f} s){hint}")
+                    self._say(f"engine {m.name}: loading ({last_report - started:.0f} s){hint}")
             if pending:
                 time.sleep(poll)
 
+    def _mark_ready(self, m: ManagedEngine) -> None:
+        with self._lock:
+            m.state = "ready"
+            m.ready_since = time.monotonic()
+            m.last_activity = time.monotonic()
+            m.ready_event.set()
+
+    # --- keeping them alive --------------------------------------------------------------------
+    def start_watching(self, interval: float = 0.5) -> None:
+        """Restart crashed engines and stop idle on-demand ones, in a background thread."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._watch, args=(interval,), name="offload-supervisor", daemon=True)
+            self._thread.start()
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            for m in list(self.managed.values()):
+                try:
+                    self.tick(m)
+                except EngineStartError as exc:
+                    self._say(f"engine {m.name}: {str(exc).splitlines()[0]}")
+
+    def tick(self, m: ManagedEngine, now: float | None = None) -> None:
+        """One supervision step for one engine."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if not m.wanted:
+                return
+            code = m.process.exit_code()
+            if m.state in ("starting", "ready") and code is not None:
+                self._crashed(m, code, now)
+            elif m.state == "backoff" and now >= m.next_start:
+                self._say(f"engine {m.name}: restarting (restart {m.restarts})")
+                m.process.stop(grace=2)  # reap what is left of the old group
+                self._launch(m)
+            elif m.state == "starting":
+                try:
+                    ok = m.process.is_healthy(timeout=1.0)
+                except OSError:
+                    ok = False
+                if ok:
+                    self._mark_ready(m)
+                    self._say(f"engine {m.name}: ready")
+            elif (
+                m.state == "ready" and m.on_demand and m.in_flight == 0
+                and now - m.last_activity > m.process.spec.engine.idle_timeout
+            ):  # fmt: skip
+                self._say(f"engine {m.name}: idle for {m.process.spec.engine.idle_timeout:.0f} s, stopping")
+                self._stop_engine(m)
+
+    def _crashed(self, m: ManagedEngine, code: int, now: float) -> None:
+        if m.ready_since is not None and now - m.ready_since > STABLE_AFTER:
+            m.backoff = BACKOFF_START
+        m.last_exit = describe_exit(code)
+        m.restarts += 1
+        m.state = "backoff"
+        m.ready_event.clear()
+        m.ready_since = None
+        m.next_start = now + m.backoff
+        self._say(f"engine {m.name}: {m.last_exit}; restarting in {m.backoff:.0f} s")
+        m.backoff = min(BACKOFF_MAX, m.backoff * 2)
+
+    def _stop_engine(self, m: ManagedEngine) -> None:
+        with self._lock:
+            m.wanted = False
+            m.state = "stopped"
+            m.ready_since = None
+            m.ready_event.clear()
+        m.process.stop()
+
+    # --- control (thread-safe; used by the gateway's admin API and on-demand loading) ----------
+    def ensure_running(self, name: str, timeout: float) -> bool:
+        """Start ``name`` if it is not running and wait until it is ready; False on timeout."""
+        m = self.managed[name]
+        with self._lock:
+            m.last_activity = time.monotonic()
+            if not m.wanted:
+                self._say(f"engine {m.name}: starting on demand")
+                self._launch(m)
+        return m.ready_event.wait(timeout)
+
+    def touch(self, name: str) -> None:
+        """Traffic went to ``name`` (keeps an on-demand engine from idling out)."""
+        self.managed[name].last_activity = time.monotonic()
+
+    def start(self, name: str) -> None:
+        """Start an engine (no wait)."""
+        m = self.managed[name]
+        with self._lock:
+            if not m.wanted:
+                m.backoff = BACKOFF_START
+                self._launch(m)
+
+    def stop(self, name: str) -> None:
+        """Stop an engine; it stays stopped (an on-demand one until its next request)."""
+        self._stop_engine(self.managed[name])
+
+    def restart(self, name: str) -> None:
+        """Stop and start an engine."""
+        self._stop_engine(self.managed[name])
+        self.start(name)
+
     def stop_all(self) -> None:
-        """Stop every engine and everything it started."""
-        running = [e for e in self.engines if e.pid is not None]
-        for engine in running:
-            self._say(f"engine {engine.spec.name}: stopping")
-            engine.terminate()  # all at once, so their shutdowns overlap
-        for engine in running:
-            engine.stop()
+        """Stop watching, then stop every engine and everything it started."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        running = [m for m in self.managed.values() if m.process.pid is not None]
+        for m in running:
+            self._say(f"engine {m.name}: stopping")
+            m.wanted = False
+            m.process.terminate()  # all at once, so their shutdowns overlap
+        for m in running:
+            m.process.stop()
+            m.state = "stopped"
+            if m.process.limits.cgroup is not None:
+                m.process.limits.cgroup.remove()

@@ -14,6 +14,7 @@ from litestar.middleware import DefineMiddleware
 
 from gateway.api.chat import ChatController
 from gateway.api.embeddings import EmbeddingsController
+from gateway.api.engines import EnginesController
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.health import OpsController
 from gateway.api.middleware import AccessMiddleware
@@ -27,6 +28,7 @@ from gateway.routing.table import RouteTable
 from gateway.services.chat import ChatService
 from gateway.services.dispatch import Dispatcher
 from gateway.services.embeddings import EmbeddingsService
+from gateway.services.engine_control import EngineControl
 from gateway.services.shadow import ShadowSender
 from gateway.settings import Settings
 from gateway.upstream import Upstream
@@ -36,8 +38,14 @@ def _const(value: object) -> Provide:
     return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
 
-def create_app(settings: Settings, config: OffloadConfig | None = None) -> Litestar:
-    """Build the gateway for ``config`` (default: the file named by ``settings.config``)."""
+def create_app(
+    settings: Settings, config: OffloadConfig | None = None, engines: EngineControl | None = None
+) -> Litestar:
+    """Build the gateway for ``config`` (default: the file named by ``settings.config``).
+
+    ``engines`` is given when this process also supervises local engines (``offload run``): it
+    enables on-demand loading and the ``/admin/engines`` API.
+    """
     if config is None:
         config = load_config(settings.config)
     h = settings.health
@@ -47,6 +55,8 @@ def create_app(settings: Settings, config: OffloadConfig | None = None) -> Lites
     dispatcher = Dispatcher(
         RouteTable.from_config(config), health, metrics, h.retry_after_seconds,
         max_retries=settings.upstream.max_retries, deadline=settings.upstream.request_timeout,
+        engines=engines, on_demand_wait=settings.upstream.on_demand_wait,
+        on_demand_max_waiting=settings.upstream.on_demand_max_waiting,
     )  # fmt: skip
     shadows = ShadowSender(dispatcher, upstream, metrics, settings.upstream.max_shadow_in_flight)
     monitor = HealthMonitor(lambda: dispatcher.table, health, upstream, metrics, h)
@@ -72,12 +82,13 @@ def create_app(settings: Settings, config: OffloadConfig | None = None) -> Lites
             await upstream.close()
 
     return Litestar(
-        route_handlers=[ChatController, EmbeddingsController, ModelsController, OpsController],
+        route_handlers=[ChatController, EmbeddingsController, ModelsController, OpsController, EnginesController],
         middleware=[DefineMiddleware(AccessMiddleware, metrics=metrics, log_requests=settings.log.access)],
         dependencies={
             "chat": _const(ChatService(dispatcher, upstream, metrics, shadows)),
             "embeddings": _const(EmbeddingsService(dispatcher, upstream)),
             "dispatcher": _const(dispatcher),
+            "engine_control": _const(engines),
             "metrics": _const(metrics),
             "upstream_settings": _const(settings.upstream),
             "started_at": _const(int(time.time())),

@@ -35,7 +35,15 @@ class LocalEngine(_Strict):
     max_model_len: int | None = Field(default=None, ge=16)
     max_num_seqs: int | None = Field(default=None, ge=1)
     tensor_parallel_size: int | None = Field(default=None, ge=1)
-    cpus: str | None = Field(default=None, description="VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1'")
+    cpus: str | None = Field(
+        default=None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$",
+        description="CPU set, e.g. '0-1': process affinity and VLLM_CPU_OMP_THREADS_BIND",
+    )  # fmt: skip
+    memory_limit_gib: float | None = Field(
+        default=None, gt=0, description="hard memory limit: the engine is killed (and restarted) past it"
+    )
+    on_demand: bool = Field(default=False, description="start on the first request, stop when idle")
+    idle_timeout: float = Field(default=300.0, gt=0, description="on-demand: idle seconds before stopping")
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout: float = Field(default=600.0, gt=0)

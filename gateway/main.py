@@ -1,10 +1,12 @@
-"""The ``offload`` command: ``run`` (engines + gateway), ``serve`` (gateway only), ``prepare`` (models)."""
+"""The ``offload`` command: ``run`` (engines + gateway), ``serve`` (gateway only), ``prepare`` (models),
+``engines`` (list/start/stop/restart/logs of a running ``offload run``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from litestar import Litestar
@@ -21,16 +23,16 @@ def app_from_env() -> Litestar:
     return create_app_checked(settings, load_config(settings.config))
 
 
-def create_app_checked(settings: Settings, config: OffloadConfig) -> Litestar:
+def create_app_checked(settings: Settings, config: OffloadConfig, engines: Any = None) -> Litestar:
     """The app, imported late so ``offload prepare`` stays light."""
     from gateway.app import create_app
 
-    return create_app(settings, config)
+    return create_app(settings, config, engines)
 
 
-def serve(settings: Settings, config: OffloadConfig) -> None:
+def serve(settings: Settings, config: OffloadConfig, engines: Any = None) -> None:
     """Serve the gateway until SIGINT/SIGTERM (uvloop + httptools, one worker)."""
-    app = create_app_checked(settings, config)
+    app = create_app_checked(settings, config, engines)
     uvicorn.run(
         app,
         host=settings.server.host,
@@ -45,13 +47,16 @@ def serve(settings: Settings, config: OffloadConfig) -> None:
 
 def run(settings: Settings, config: OffloadConfig) -> int:
     """Prepare models, start the configured local engines, serve, then stop the engines."""
+    from engines.control import LocalEngineControl
     from engines.supervisor import EngineStartError, Supervisor
 
     supervisor = Supervisor(config, settings.models_dir, settings.logs_dir)
     try:
+        supervisor.reap_stale(settings.data_dir / "run" / "engines.json")
         supervisor.prepare_models()
         supervisor.start_all()
         supervisor.wait_all()
+        supervisor.start_watching()
     except EngineStartError as exc:
         print(f"offload: {exc}", file=sys.stderr)
         supervisor.stop_all()
@@ -66,16 +71,60 @@ def run(settings: Settings, config: OffloadConfig) -> int:
             "(Ctrl-C stops it and its engines)",
             flush=True,
         )
-        serve(settings, config)
+        serve(settings, config, LocalEngineControl(supervisor))
     finally:
         supervisor.stop_all()
+    return 0
+
+
+def engines_cli(args: argparse.Namespace, settings: Settings) -> int:
+    """``offload engines [list|start|stop|restart|logs] [NAME]`` against a running gateway."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    base = args.url or f"http://{settings.server.host}:{settings.server.port}"
+    action = args.action
+    if action != "list" and not args.name:
+        print(f"offload engines {action}: name the engine (see `offload engines list`)", file=sys.stderr)
+        return 2
+    name = urllib.parse.quote(args.name or "", safe="")
+    url, method = {
+        "list": (f"{base}/admin/engines", "GET"),
+        "logs": (f"{base}/admin/engines/{name}/logs?lines={args.lines}", "GET"),
+    }.get(action, (f"{base}/admin/engines/{name}/{action}", "POST"))
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=60) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        print(f"offload engines: {json.loads(exc.read()).get('error', {}).get('message', exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"offload engines: cannot reach the gateway at {base} ({exc})", file=sys.stderr)
+        return 1
+    if action == "list":
+        cols = ("name", "state", "pid", "port", "uptime_s", "restarts", "in_flight", "on_demand", "last_exit")
+        rows = [[str(e.get(c) if e.get(c) is not None else "-") for c in cols] for e in body["data"]]
+        widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+        for line in [list(cols), *rows]:
+            print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    elif action == "logs":
+        print("\n".join(body["lines"]))
+    else:
+        print(f"engine {args.name}: {action} done")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``offload`` console script."""
     parser = argparse.ArgumentParser(prog="offload", description=__doc__)
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "serve", "prepare"])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "serve", "prepare", "engines"])
+    parser.add_argument("action", nargs="?", default="list", choices=["list", "start", "stop", "restart", "logs"],
+                        help="with `engines`")
+    parser.add_argument("name", nargs="?", help="with `engines`: the engine")
+    parser.add_argument("--url", help="with `engines`: the gateway (default http://HOST:PORT)")
+    parser.add_argument("--lines", type=int, default=50, help="with `engines logs`")
     parser.add_argument("--config", type=Path, help="configuration file (default: $OFFLOAD_CONFIG)")
     parser.add_argument("--host", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (default 8000)")
@@ -89,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.port is not None:
         settings.server.port = args.port
     configure_logging(settings.log)
+    if args.command == "engines":
+        return engines_cli(args, settings)
     try:
         config = load_config(settings.config)
     except ConfigError as exc:

@@ -35,6 +35,9 @@ class UpstreamSettings(BaseModel):
     # Other replicas tried when one fails before anything reached the client.
     max_retries: int = Field(default=2, ge=0)
     max_shadow_in_flight: int = Field(default=32, ge=0)
+    # On-demand engines: how long a request may wait for one to load, and how many may wait.
+    on_demand_wait: float = Field(default=600.0, gt=0)
+    on_demand_max_waiting: int = Field(default=256, ge=1)
 
 
 class HealthSettings(BaseModel):

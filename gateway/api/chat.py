@@ -30,6 +30,15 @@ class ChatController(Controller):
         if not parsed.stream:
             answer = await unless_disconnected(request, chat.complete(data, parsed, record, request.headers))
             return Response(answer, media_type="application/json")
+        if chat.needs_start(parsed, request.headers):
+            # An on-demand engine must load first (minutes): answer now, ping while it loads.
+            lazy = chat.lazy_stream(data, parsed, record, request.headers)
+            return Stream(
+                sse.frame(lazy, upstream_settings.keepalive_interval),
+                media_type=sse.MEDIA_TYPE,
+                headers=sse.HEADERS,
+                background=BackgroundTask(lazy.aclose),
+            )
         stream = await unless_disconnected(request, chat.open_stream(data, parsed, record, request.headers))
         return Stream(
             sse.frame(stream, upstream_settings.keepalive_interval),

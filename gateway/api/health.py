@@ -21,8 +21,13 @@ class OpsController(Controller):
     @get("/ready")
     async def ready(self, dispatcher: Dispatcher) -> Response[bytes]:
         """200 when every configured model has a healthy engine, else 503 naming the ones that lack one."""
-        health = dispatcher.health
-        models = {r.model: any(health.is_up(x.id) for x in r.replicas) for r in dispatcher.table.routes}
+        health, engines = dispatcher.health, dispatcher.engines
+
+        def routable(base_url: str, replica_id: str) -> bool:
+            # an on-demand engine that is stopped is routable: the request starts it
+            return health.is_up(replica_id) or (engines is not None and engines.can_start(base_url))
+
+        models = {r.model: any(routable(x.base_url, x.id) for x in r.replicas) for r in dispatcher.table.routes}
         ok = all(models.values())
         body = {"status": "ready" if ok else "not_ready", "models": models}
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")

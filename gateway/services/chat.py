@@ -13,7 +13,7 @@ from gateway.metrics import Metrics
 from gateway.protocol.chat import FINISH_REASONS, ChatCompletionRequest
 from gateway.protocol.errors import ErrorDetail, ErrorResponse
 from gateway.routing.table import Replica, Route, Version
-from gateway.routing.versions import choose_shadows
+from gateway.routing.versions import choose_shadows, choose_version
 from gateway.services.accounting import RequestRecord
 from gateway.services.dispatch import Dispatcher, engine_error
 from gateway.services.errors import EngineError, GatewayError
@@ -110,11 +110,32 @@ class ChatService:
 
         (stream, replica), used = await self._dispatcher.with_failover(route, version, record, attempt, key)
         record.public_model = used.public_id
-        health = self._dispatcher.health
-        health.begin(replica.id)
         labels = (route.model, used.label, replica.id)
         events = self._relay(stream, used.public_id, labels, request.include_usage, record)
-        return ChatStream(events, stream, lambda: health.end(replica.id))
+        return ChatStream(events, stream, self._dispatcher.hold(replica))
+
+    def needs_start(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> bool:
+        """True when serving this request first means starting an on-demand engine (slow)."""
+        route, selector = self._dispatcher.route(request.model, "chat")
+        session = headers.get(route.session_header) or request.user
+        return self._dispatcher.needs_start(route, choose_version(route, selector, session).version)
+
+    async def lazy_stream(
+        self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord, headers: Mapping[str, str]
+    ) -> AsyncGenerator[bytes, None]:
+        """A stream whose engine must first be loaded: the response starts at once (so the client
+        gets keep-alive comments while it loads); a failure to load arrives in-band."""
+        try:
+            stream = await self.open_stream(data, request, record, headers)
+        except GatewayError as exc:
+            record.error_type = exc.code
+            yield _in_band(exc)
+            return
+        try:
+            async for payload in stream:
+                yield payload
+        finally:
+            await stream.aclose()
 
     async def _relay(
         self,

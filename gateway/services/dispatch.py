@@ -12,11 +12,12 @@ import orjson
 from gateway.config import Task
 from gateway.metrics import Metrics
 from gateway.protocol.errors import ErrorResponse
-from gateway.routing.health import HealthRegistry
+from gateway.routing.health import HealthRegistry, State
 from gateway.routing.policy import ReplicaPolicy, make_policy
 from gateway.routing.table import Replica, Route, RouteTable, Version
 from gateway.routing.versions import Choice, UnknownVersion, choose_version, fallback_chain, split_model
 from gateway.services.accounting import RequestRecord
+from gateway.services.engine_control import EngineControl
 from gateway.services.errors import (
     EngineError,
     EngineStatusError,
@@ -50,9 +51,16 @@ class Dispatcher:
         retry_after: int,
         max_retries: int = 2,
         deadline: float = 600.0,
+        engines: EngineControl | None = None,
+        on_demand_wait: float = 600.0,
+        on_demand_max_waiting: int = 256,
     ) -> None:
         self._max_retries = max_retries
         self._deadline = deadline
+        self.engines = engines
+        self._on_demand_wait = on_demand_wait
+        self._on_demand_max_waiting = on_demand_max_waiting
+        self._waiting = 0
         self.table = table
         self.health = health
         self._metrics = metrics
@@ -127,10 +135,72 @@ class Dispatcher:
             retry_after=self._retry_after,
         )
 
+    def needs_start(self, route: Route, version: Version) -> bool:
+        """True when no replica can take a request now but an on-demand engine can be started."""
+        if self.engines is None:
+            return False
+        chain = fallback_chain(route, version)
+        if any(self.health.healthy(v.replicas) for v in chain):
+            return False
+        return any(self.engines.can_start(r.base_url) for v in chain for r in v.replicas)
+
+    async def choose_or_start(
+        self,
+        route: Route,
+        version: Version,
+        record: RequestRecord,
+        exclude: frozenset[str] = frozenset(),
+        key: str | None = None,
+    ) -> tuple[Version, Replica]:
+        """:meth:`choose`, but an on-demand engine is started (and waited for) instead of a 503."""
+        try:
+            return self.choose(route, version, record, exclude, key)
+        except EngineUnavailableError:
+            if self.engines is None:
+                raise
+            startable = [
+                r for v in fallback_chain(route, version) for r in v.replicas
+                if r.id not in exclude and self.engines.can_start(r.base_url)
+            ]  # fmt: skip
+            if not startable:
+                raise
+        if self._waiting >= self._on_demand_max_waiting:
+            raise EngineUnavailableError(
+                f"Too many requests are waiting for '{version.public_id}' to load; retry shortly.",
+                retry_after=self._retry_after,
+            )
+        self._waiting += 1
+        try:
+            started = await self.engines.ensure_running(startable[0].base_url, self._on_demand_wait)
+        finally:
+            self._waiting -= 1
+        if not started:
+            raise EngineUnavailableError(
+                f"The model '{version.public_id}' did not load in time; retry shortly.",
+                retry_after=self._retry_after,
+            )
+        self.health.mark(startable[0].id, State.UP)  # the supervisor saw it healthy
+        return self.choose(route, version, record, exclude, key)
+
+    def hold(self, replica: Replica) -> Callable[[], None]:
+        """Count a stream in flight on ``replica`` until the returned release is called."""
+        self.health.begin(replica.id)
+        if self.engines is not None:
+            self.engines.begin(replica.base_url)
+
+        def release() -> None:
+            self.health.end(replica.id)
+            if self.engines is not None:
+                self.engines.end(replica.base_url)
+
+        return release
+
     @contextmanager
     def calling(self, replica: Replica) -> Iterator[None]:
         """Count a call in flight and feed its outcome to the replica's circuit breaker."""
         self.health.begin(replica.id)
+        if self.engines is not None:
+            self.engines.begin(replica.base_url)
         try:
             yield
         except EngineConnectError as exc:
@@ -148,6 +218,8 @@ class Dispatcher:
             self.health.success(replica.id)
         finally:
             self.health.end(replica.id)
+            if self.engines is not None:
+                self.engines.end(replica.base_url)
 
     async def with_failover(
         self,
@@ -163,7 +235,7 @@ class Dispatcher:
         tried: set[str] = set()
         deadline = record.started + self._deadline
         while True:
-            used, replica = self.choose(route, version, record, frozenset(tried), key)
+            used, replica = await self.choose_or_start(route, version, record, frozenset(tried), key)
             try:
                 with self.calling(replica):
                     return await attempt(replica), used

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from openai import OpenAI
 
 from tests.integration.conftest import CHAT, EMBED
@@ -22,15 +23,26 @@ def test_health_and_ready_are_200_with_engines_up(gateway: GatewayProcess) -> No
     assert ready.json()["models"] == {CHAT: True, EMBED: True}
 
 
+def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
 def test_metrics_count_requests_tokens_and_latency_by_model(client: OpenAI, gateway: GatewayProcess) -> None:
     list(client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Hi"}],
                                         stream=True, max_tokens=4))
-    text = httpx.get(gateway.base_url + "/metrics").text
-    assert f'offload_requests_total{{endpoint="/v1/chat/completions",model="{CHAT}",status="200"}}' in text
-    assert f'offload_completion_tokens_total{{model="{CHAT}"}}' in text
-    assert f'offload_time_to_first_token_seconds_count{{model="{CHAT}"}}' in text
-    assert f'offload_inter_token_latency_seconds_count{{model="{CHAT}"}}' in text
-    assert f'offload_requests_in_flight{{model="{CHAT}"}} 0.0' in text
+    samples = _samples(httpx.get(gateway.base_url + "/metrics").text)
+
+    def value(name: str, **labels: str) -> float:
+        return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items()))
+
+    served = {"model": CHAT, "replica": f"{CHAT}-0"}
+    assert value("offload_requests_total", endpoint="/v1/chat/completions", status="200", **served) >= 1
+    assert value("offload_completion_tokens_total", **served) >= 4
+    assert value("offload_time_to_first_token_seconds_count", **served) >= 1
+    assert value("offload_inter_token_latency_seconds_count", **served) >= 3
+    assert value("offload_requests_in_flight", model=CHAT) == 0
+    assert value("offload_replica_up", **served) == 1
+    assert value("offload_routing_decisions_total", model=CHAT, reason="only") >= 1
 
 
 def test_log_has_one_summary_line_without_prompt_text(client: OpenAI, gateway: GatewayProcess) -> None:

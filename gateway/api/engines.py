@@ -1,0 +1,57 @@
+"""``/admin/engines``: the locally supervised engines (``offload run`` only).
+
+Not part of the OpenAI API. It listens where the gateway listens (loopback by default); it will sit
+behind the admin key once the gateway has authentication.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from litestar import Controller, Response, get, post
+
+from gateway.services.engine_control import EngineControl
+from gateway.services.errors import InvalidRequestError, NotFoundError
+
+
+def _need(control: EngineControl | None) -> EngineControl:
+    if control is None:
+        raise NotFoundError("This gateway does not run engines itself (started with `offload serve`).")
+    return control
+
+
+class EnginesController(Controller):
+    """List engines, start/stop/restart one, read its log."""
+
+    path = "/admin/engines"
+
+    @get()
+    async def list_engines(self, engine_control: EngineControl | None) -> Response[bytes]:
+        """Every engine with state, pid, uptime, restarts, in-flight requests."""
+        return _json({"object": "list", "data": _need(engine_control).describe()})
+
+    @post("/{name:str}/{action:str}", status_code=200)
+    async def act(self, name: str, action: str, engine_control: EngineControl | None) -> Response[bytes]:
+        """``start``, ``stop`` or ``restart`` the engine ``name``."""
+        control = _need(engine_control)
+        if action not in ("start", "stop", "restart"):
+            raise InvalidRequestError(f"Unknown action '{action}': use start, stop or restart.", param="action")
+        try:
+            await control.act(name, action)
+        except KeyError:
+            raise NotFoundError(f"No engine named '{name}'.") from None
+        return _json({"name": name, "action": action, "ok": True})
+
+    @get("/{name:str}/logs")
+    async def logs(self, name: str, engine_control: EngineControl | None, lines: int = 50) -> Response[bytes]:
+        """The last ``lines`` lines of the engine's log."""
+        try:
+            tail = _need(engine_control).log_tail(name, max(1, min(lines, 1000)))
+        except KeyError:
+            raise NotFoundError(f"No engine named '{name}'.") from None
+        return _json({"name": name, "lines": tail})
+
+
+def _json(body: dict[str, Any]) -> Response[bytes]:
+    return Response(orjson.dumps(body), media_type="application/json")
