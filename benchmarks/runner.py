@@ -10,8 +10,15 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from benchmarks.client import (CHAT_PATH, EMBEDDINGS_PATH, RequestRecord, chat_body, embeddings_body,
-                               json_headers, send)
+from benchmarks.client import (
+    CHAT_PATH,
+    EMBEDDINGS_PATH,
+    RequestRecord,
+    chat_body,
+    embeddings_body,
+    json_headers,
+    send,
+)
 
 if TYPE_CHECKING:
     from benchmarks.load import LoadConfig
@@ -24,7 +31,7 @@ _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hote
 
 def make_prompt(tokens: int, index: int, rng: random.Random) -> str:
     """About ``tokens`` tokens of words, starting with the request index (defeats prefix caching)."""
-    return f"{index} " + " ".join(rng.choice(_WORDS) for _ in range(max(0, tokens - 1)))
+    return f"{index} " + " ".join(rng.choices(_WORDS, k=max(0, tokens - 1)))
 
 
 class Runner:
@@ -100,8 +107,10 @@ class Runner:
                 task = asyncio.create_task(gated(index))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                if self.issued >= self.max_requests:
+                    break
                 next_at += self.rng.expovariate(rate)
-                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                await asyncio.sleep(max(0.0, min(next_at, self.deadline) - time.perf_counter()))
             if tasks:
                 await asyncio.gather(*tasks)
         finally:

@@ -38,7 +38,7 @@ def distribution(values: Sequence[float]) -> dict[str, float | int]:
 
 @dataclass(slots=True)
 class LoadResult:
-    """Every request of one run, and how long the run took (first send to last answer)."""
+    """Every request of one run, and how long it took (its issuing window and its last answer)."""
 
     config: dict[str, Any]
     records: list[RequestRecord] = field(default_factory=list)
@@ -103,6 +103,10 @@ class LoadResult:
             for gap in r.itl:
                 at += gap
                 tokens[min(buckets - 1, int(at / bucket))] += 1 / bucket
+        last = self.elapsed - (buckets - 1) * bucket  # the last bucket may be partial
+        if 0 < last < bucket:
+            requests[-1] *= bucket / last
+            tokens[-1] *= bucket / last
         return {"t": [i * bucket for i in range(buckets)], "requests_per_s": requests, "tokens_per_s": tokens}
 
 
@@ -112,8 +116,11 @@ def format_table(result: LoadResult) -> str:
     config = result.config
     mode = (f"Poisson {config.get('rate')} req/s" if config.get("rate") else
             f"concurrency {config.get('concurrency')}")
+    kind = config.get("kind")
+    if kind == "chat":
+        kind = "chat stream" if config.get("stream") else "chat non-stream"
     lines = [
-        f"{config.get('kind')} {'stream' if config.get('stream') else 'non-stream'}, {mode}, "
+        f"{kind}, {mode}, "
         f"model {config.get('model')} at {config.get('base_url')}",
         f"requests  {s['succeeded']} ok, {s['failed']} failed in {s['elapsed_s']:.2f} s"
         f"  ->  {s['requests_per_s']:.1f} req/s",

@@ -56,7 +56,7 @@ def package_dir(package: str) -> Path:
 def is_prepared(path: Path) -> bool:
     """True when ``path`` holds a finished preparation."""
     marker = path / MARKER
-    return marker.is_file() and marker.read_text().startswith(PREPARATION)
+    return marker.is_file() and marker.read_text().startswith(PREPARATION + ":")
 
 
 def prepare_smollm2(target: Path) -> Path:

@@ -195,15 +195,15 @@ class Supervisor:
                 self._say(f"engine {m.name}: on demand (starts on its first request)")
                 continue
             self._launch(m)
-            self._say(f"engine {m.name}: starting (pid {m.process.pid}, log {m.process.log_path})")
 
-    def _launch(self, m: ManagedEngine) -> None:
+    def _launch(self, m: ManagedEngine, why: str = "") -> None:
         with self._lock:
             m.wanted = True
             m.state = "starting"
             m.ready_event.clear()
             m.process.start()
             self._record_pids()
+        self._say(f"engine {m.name}: starting{why} (pid {m.process.pid}, log {m.process.log_path})")
 
     def wait_all(self, poll: float = 1.0, report_every: float = 10.0) -> None:
         """Block until every started engine is healthy, printing progress; raise if one fails."""
@@ -258,9 +258,8 @@ class Supervisor:
             if m.state in ("starting", "ready") and code is not None:
                 self._crashed(m, code, now)
             elif m.state == "backoff" and now >= m.next_start:
-                self._say(f"engine {m.name}: restarting (restart {m.restarts})")
                 m.process.stop(grace=2)  # reap what is left of the old group
-                self._launch(m)
+                self._launch(m, f" again (restart {m.restarts})")
             elif m.state == "starting":
                 try:
                     ok = m.process.is_healthy(timeout=1.0)
@@ -303,8 +302,7 @@ class Supervisor:
         with self._lock:
             m.last_activity = time.monotonic()
             if not m.wanted:
-                self._say(f"engine {m.name}: starting on demand")
-                self._launch(m)
+                self._launch(m, " on demand")
         return m.ready_event.wait(timeout)
 
     def touch(self, name: str) -> None:

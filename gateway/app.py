@@ -88,7 +88,6 @@ def create_app(
             "chat": _const(ChatService(dispatcher, upstream, metrics, shadows)),
             "embeddings": _const(EmbeddingsService(dispatcher, upstream)),
             "dispatcher": _const(dispatcher),
-            "engine_control": _const(engines),
             "metrics": _const(metrics),
             "upstream_settings": _const(settings.upstream),
             "started_at": _const(int(time.time())),

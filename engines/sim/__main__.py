@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from engines.sim.app import create_sim_app
-from engines.sim.config import PARSERS, Knobs, KnobError, SimConfig, parse_knob
+from engines.sim.config import PARSERS, KnobError, Knobs, SimConfig, parse_knob
 from engines.sim.faults import QUIET_RESETS
 
 _KNOB_HELP = {
@@ -36,7 +36,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, argparse.N
     parser.add_argument("--model", default="sim", help="served model name")
     parser.add_argument("--served-model-name", nargs="+", default=None,
                         help="served names (like vLLM); replaces --model, the first labels metrics")
-    parser.add_argument("--max-running", type=int, default=0, help="concurrent running requests (0: no limit)")
+    parser.add_argument("--max-running", type=int, default=0,
+                        help="concurrent running requests (0: no limit)")
     parser.add_argument("--embedding-dims", type=int, default=384)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--kv-cache-tokens", type=int, default=65536)

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -40,7 +41,7 @@ class SimServer:
         self._created = int(time.time())
 
     async def models(self, request: Request) -> Response:
-        cards = [
+        cards: list[dict[str, Any]] = [
             {"id": name, "object": "model", "created": self._created, "owned_by": "vllm",
              "root": self.config.model, "parent": None, "max_model_len": self.config.max_model_len,
              "permission": []}

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from engines.sim.config import Knobs, KnobError, SimConfig, resolve
+from engines.sim.config import KnobError, Knobs, SimConfig, resolve
 from engines.sim.errors import SimError
 
 

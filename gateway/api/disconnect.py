@@ -34,18 +34,23 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client disconnects first, cancel it and raise :class:`ClientDisconnected`."""
+    """Await ``work``; if the client disconnects first, cancel it and raise :class:`ClientDisconnected`.
+
+    If the handler itself is cancelled (server shutdown), the work is cancelled and the
+    ``CancelledError`` propagates unchanged.
+    """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if not watcher.done():
-                watcher.cancel()
-            raise ClientDisconnected("The client disconnected.")
+    except asyncio.CancelledError:
+        task.cancel()
         watcher.cancel()
+        raise
+    if not task.done():  # the client left first
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientDisconnected("The client disconnected.")
+    watcher.cancel()
     return task.result()

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from litestar import Controller, Response, get, post
 
+from gateway.services.dispatch import Dispatcher
 from gateway.services.engine_control import EngineControl
 from gateway.services.errors import InvalidRequestError, NotFoundError
 
@@ -27,14 +28,14 @@ class EnginesController(Controller):
     path = "/admin/engines"
 
     @get()
-    async def list_engines(self, engine_control: EngineControl | None) -> Response[bytes]:
+    async def list_engines(self, dispatcher: Dispatcher) -> Response[bytes]:
         """Every engine with state, pid, uptime, restarts, in-flight requests."""
-        return _json({"object": "list", "data": _need(engine_control).describe()})
+        return _json({"object": "list", "data": _need(dispatcher.engines).describe()})
 
     @post("/{name:str}/{action:str}", status_code=200)
-    async def act(self, name: str, action: str, engine_control: EngineControl | None) -> Response[bytes]:
+    async def act(self, name: str, action: str, dispatcher: Dispatcher) -> Response[bytes]:
         """``start``, ``stop`` or ``restart`` the engine ``name``."""
-        control = _need(engine_control)
+        control = _need(dispatcher.engines)
         if action not in ("start", "stop", "restart"):
             raise InvalidRequestError(f"Unknown action '{action}': use start, stop or restart.", param="action")
         try:
@@ -44,10 +45,10 @@ class EnginesController(Controller):
         return _json({"name": name, "action": action, "ok": True})
 
     @get("/{name:str}/logs")
-    async def logs(self, name: str, engine_control: EngineControl | None, lines: int = 50) -> Response[bytes]:
+    async def logs(self, name: str, dispatcher: Dispatcher, lines: int = 50) -> Response[bytes]:
         """The last ``lines`` lines of the engine's log."""
         try:
-            tail = _need(engine_control).log_tail(name, max(1, min(lines, 1000)))
+            tail = _need(dispatcher.engines).log_tail(name, max(1, min(lines, 1000)))
         except KeyError:
             raise NotFoundError(f"No engine named '{name}'.") from None
         return _json({"name": name, "lines": tail})

@@ -39,9 +39,10 @@ class ModelsController(Controller):
         cards = [card for route in dispatcher.table.routes for card in _cards(route, started_at)]
         return Response(ModelList(data=cards).model_dump_json(exclude_none=True).encode(), media_type="application/json")
 
-    @get("/{model:str}")
+    @get("/{model:path}")
     async def get_model(self, model: str, dispatcher: Dispatcher, started_at: int) -> Response[bytes]:
-        """One model, version or alias; 404 ``model_not_found`` otherwise."""
+        """One model, version or alias (names may contain ``/``); 404 ``model_not_found`` otherwise."""
+        model = model.lstrip("/")
         for route in dispatcher.table.routes:
             for card in _cards(route, started_at):
                 if card.id == model:

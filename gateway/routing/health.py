@@ -105,6 +105,10 @@ class HealthRegistry:
             return self._set(h, State.UP)
         return False
 
+    def abandoned(self, replica_id: str) -> None:
+        """A request ended with no verdict (cancelled): a half-open replica may take a new trial."""
+        self._get(replica_id).trial_in_flight = False
+
     def failure(self, replica_id: str, unreachable: bool, now: float | None = None) -> bool:
         """A request failed at the engine (not the client's fault). True when the state changed."""
         h = self._get(replica_id)

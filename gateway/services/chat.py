@@ -151,7 +151,10 @@ class ChatService:
         last = 0.0
         try:
             async for payload in stream:
-                event = orjson.loads(payload)
+                try:
+                    event = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise EngineError("The engine sent an unreadable event.") from None
                 if not isinstance(event, dict):
                     continue
                 if "error" in event:

@@ -213,6 +213,11 @@ class Dispatcher:
         except EngineStatusError as exc:
             if exc.status >= 500:
                 self.health.failure(replica.id, unreachable=False)
+            else:
+                self.health.success(replica.id)  # the engine works; the request was wrong
+            raise
+        except BaseException:
+            self.health.abandoned(replica.id)  # cancelled (client left): no verdict on the engine
             raise
         else:
             self.health.success(replica.id)
@@ -234,8 +239,14 @@ class Dispatcher:
         and the request's deadline. Returns the result and the version that served it."""
         tried: set[str] = set()
         deadline = record.started + self._deadline
+        failure: GatewayError | None = None
         while True:
-            used, replica = await self.choose_or_start(route, version, record, frozenset(tried), key)
+            try:
+                used, replica = await self.choose_or_start(route, version, record, frozenset(tried), key)
+            except EngineUnavailableError:
+                if failure is not None:
+                    raise failure from None  # nothing left to retry on: the real reason, not a 503
+                raise
             try:
                 with self.calling(replica):
                     return await attempt(replica), used
@@ -243,6 +254,7 @@ class Dispatcher:
                 retryable = is_retryable(exc) or isinstance(exc, EngineError)
                 if not retryable or len(tried) >= self._max_retries or time.perf_counter() >= deadline:
                     raise
+                failure = exc
                 tried.add(replica.id)
                 record.retries += 1
                 self._metrics.retries.labels(route.model, used.label, replica.id).inc()
@@ -261,7 +273,10 @@ def engine_error(status: int, body: bytes) -> EngineStatusError:
         # Engine internals are not the client's business; its 4xx messages are about the request.
         message = "The engine failed to process the request."
         status = 503 if status == 503 else 502
-    return EngineStatusError(status, message, param=param)
+    error = EngineStatusError(status, message, param=param)
+    if status in (429, 503):
+        error.retry_after = 1  # the engine is busy, not broken
+    return error
 
 
 def _error_dict(body: bytes) -> object:

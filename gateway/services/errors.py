@@ -107,9 +107,10 @@ class EngineStatusError(GatewayError):
     def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
         super().__init__(message, param=param, code=_CODES.get(status, "engine_error"))
         self.status = status
-        self.type = "invalid_request_error" if 400 <= status < 500 else "server_error"
+        self.type = _TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "server_error")
 
 
+_TYPES = {401: "authentication_error", 403: "permission_denied", 429: "rate_limit_exceeded"}
 _CODES = {
     400: "invalid_request",
     401: "invalid_api_key",

@@ -58,7 +58,7 @@ def test_run_serves_then_ctrl_c_stops_gateway_and_engines(engines: Engines, tmp_
         wait_until(ready, 300, interval=1, what="offload run to be ready")
         text = out.read_text()
         assert "loading" in text or "ready at" in text  # visible progress
-        engine_pid = int(re.search(rf"engine {EMBED}: starting \(pid (\d+)", text).group(1))  # type: ignore[union-attr]
+        engine_pid = int(re.search(rf"engine {EMBED}: starting[^(]*\(pid (\d+)", text).group(1))  # type: ignore[union-attr]
         assert _group_members(engine_pid), "engine process group not found"
 
         client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)

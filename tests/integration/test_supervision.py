@@ -63,7 +63,7 @@ class OffloadRun:
         return done.stdout
 
     def pid_of(self, name: str) -> int:
-        return int(re.findall(rf"engine {re.escape(name)}: starting \(pid (\d+)", self.out.read_text())[-1])
+        return int(re.findall(rf"engine {re.escape(name)}: starting[^(]*\(pid (\d+)", self.out.read_text())[-1])
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -1,0 +1,227 @@
+"""The engine client: SSE parsing on a scripted response, and real calls to loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.services.errors import EngineError, EngineTimeoutError
+from gateway.settings import UpstreamSettings
+from gateway.upstream import EngineConnectError, EventStream, ProbeResult, Upstream, UpstreamReply
+from tests.unit.fakes import closed_port
+
+
+class ScriptedContent:
+    def __init__(self, chunks: list[bytes | BaseException | None]) -> None:
+        self._chunks = list(chunks)
+
+    async def readany(self) -> bytes:
+        if not self._chunks:
+            return b""
+        item = self._chunks.pop(0)
+        if item is None:
+            await asyncio.sleep(30)
+            return b""
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class ScriptedResponse:
+    """Only what EventStream uses of an aiohttp response."""
+
+    def __init__(self, chunks: list[bytes | BaseException | None]) -> None:
+        self.content = ScriptedContent(chunks)
+        self.closed = False
+        self.released = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def release(self) -> None:
+        self.released = True
+
+
+def event_stream(
+    chunks: list[bytes | BaseException | None], idle: float = 5.0
+) -> tuple[EventStream, ScriptedResponse]:
+    response = ScriptedResponse(chunks)
+    return EventStream(response, idle), response  # type: ignore[arg-type]
+
+
+async def read_all(stream: EventStream) -> list[bytes]:
+    return [payload async for payload in stream]
+
+
+async def test_event_stream_yields_data_payloads_until_done() -> None:
+    stream, _ = event_stream([b'data: {"a":1}\n\ndata: {"b":2}\n\n', b"data: [DONE]\n\n"])
+
+    assert await read_all(stream) == [b'{"a":1}', b'{"b":2}']
+    assert stream.finished is True
+
+
+async def test_event_stream_joins_events_split_across_reads() -> None:
+    stream, _ = event_stream([b"da", b'ta: {"a"', b":1}\n", b"\ndata:", b" [DONE]\n\n"])
+
+    assert await read_all(stream) == [b'{"a":1}']
+
+
+async def test_event_stream_accepts_crlf_and_no_space_after_colon() -> None:
+    stream, _ = event_stream([b'data:{"a":1}\r\n\r', b"\ndata: [DONE]\r\n\r\n"])
+
+    assert await read_all(stream) == [b'{"a":1}']
+
+
+async def test_event_stream_skips_comments_and_other_fields() -> None:
+    stream, _ = event_stream([b': ping\n\nevent: message\ndata: {"a":1}\n\nid: 7\n\ndata: [DONE]\n\n'])
+
+    assert await read_all(stream) == [b'{"a":1}']
+
+
+async def test_event_stream_that_ends_without_done_is_an_engine_error() -> None:
+    stream, _ = event_stream([b'data: {"a":1}\n\n'])
+
+    received: list[bytes] = []
+    with pytest.raises(EngineError, match="ended the stream early"):
+        async for payload in stream:
+            received.append(payload)
+    assert received == [b'{"a":1}']
+    assert stream.finished is False
+
+
+async def test_event_stream_silent_past_the_idle_timeout_is_an_engine_error() -> None:
+    stream, _ = event_stream([b'data: {"a":1}\n\n', None], idle=0.02)
+
+    with pytest.raises(EngineError, match="stopped sending"):
+        await read_all(stream)
+
+
+async def test_event_stream_broken_connection_is_an_engine_error() -> None:
+    stream, _ = event_stream([b'data: {"a":1}\n\n', aiohttp.ClientPayloadError("reset")])
+
+    with pytest.raises(EngineError, match="broke"):
+        await read_all(stream)
+
+
+async def test_close_releases_a_finished_stream_and_drops_an_unfinished_one() -> None:
+    finished, finished_response = event_stream([b"data: [DONE]\n\n"])
+    await read_all(finished)
+    unfinished, unfinished_response = event_stream([b'data: {"a":1}\n\n'])
+
+    finished.close()
+    unfinished.close()
+
+    assert (finished_response.released, finished_response.closed) == (True, False)
+    assert (unfinished_response.released, unfinished_response.closed) == (False, True)
+
+
+# --- real HTTP on loopback -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[str]:
+    """A tiny engine stand-in on a free loopback port."""
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("fail"):
+            return web.json_response(
+                {"error": {"message": "bad", "type": "BadRequestError", "code": 400}}, status=400
+            )
+        if body.get("slow"):
+            await asyncio.sleep(2)
+        if not body.get("stream"):
+            return web.json_response({"echo": body})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"n":1}\n\ndata: [DONE]\n\n')
+        return response
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", chat)
+    # A short shutdown: the slow handler is cancelled instead of awaited at clean-up.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    client = Upstream(UpstreamSettings(connect_timeout=1, request_timeout=0.3))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_post_json_returns_status_and_body(engine: str, upstream: Upstream) -> None:
+    reply = await upstream.post_json(engine, "/v1/chat/completions", b'{"x": 1}')
+
+    assert reply.status == 200
+    assert b'"echo"' in reply.body
+
+
+async def test_post_json_relays_an_error_status(engine: str, upstream: Upstream) -> None:
+    reply = await upstream.post_json(engine, "/v1/chat/completions", b'{"fail": true}')
+
+    assert reply.status == 400
+
+
+async def test_post_json_past_the_request_timeout_is_an_engine_timeout(
+    engine: str, upstream: Upstream
+) -> None:
+    with pytest.raises(EngineTimeoutError):
+        await upstream.post_json(engine, "/v1/chat/completions", b'{"slow": true}')
+
+
+async def test_open_stream_returns_an_event_stream_on_200(engine: str, upstream: Upstream) -> None:
+    stream = await upstream.open_stream(engine, "/v1/chat/completions", b'{"stream": true}')
+
+    assert isinstance(stream, EventStream)
+    try:
+        assert await read_all(stream) == [b'{"n":1}']
+    finally:
+        stream.close()
+
+
+async def test_open_stream_returns_a_complete_reply_on_an_error_status(
+    engine: str, upstream: Upstream
+) -> None:
+    reply = await upstream.open_stream(engine, "/v1/chat/completions", b'{"stream": true, "fail": true}')
+
+    assert isinstance(reply, UpstreamReply)
+    assert reply.status == 400
+    assert b"BadRequestError" in reply.body
+
+
+async def test_calls_to_a_closed_port_are_engine_connect_errors(upstream: Upstream) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+
+    with pytest.raises(EngineConnectError) as info:
+        await upstream.post_json(url, "/v1/chat/completions", b"{}")
+    with pytest.raises(EngineConnectError):
+        await upstream.open_stream(url, "/v1/chat/completions", b"{}")
+
+    assert "127.0.0.1" not in info.value.message
+    assert info.value.status == 503
+
+
+async def test_probe_tells_ok_refused_and_failed_apart(engine: str, upstream: Upstream) -> None:
+    assert await upstream.probe(engine, timeout=1) is ProbeResult.OK
+    assert await upstream.probe(f"http://127.0.0.1:{closed_port()}", timeout=1) is ProbeResult.REFUSED
+    # A path that answers 404 is not a healthy engine, but it is reachable.
+    assert await upstream.probe(engine + "/nothing", timeout=1) is ProbeResult.FAILED
