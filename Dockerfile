@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# The Offload gateway image: the ASGI gateway alone. It never loads a model, so no vLLM, torch, compilers or
+# weights here; engines run in their own images (engines/vllm/) and are reached through the config file.
+#
+#   docker build -t offload/gateway:0.1.0 .
+#   docker run -p 8000:8000 -v ./offload.yaml:/etc/offload/offload.yaml:ro offload/gateway:0.1.0
+#
+# A patch-level tag so rebuilds do not drift to a new Python; pin the digest too in a registry you control.
+ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# The virtualenv has the same path in both stages, so its scripts' shebangs stay valid after the COPY below.
+RUN python -m venv /opt/offload
+WORKDIR /src
+# README.md is the package's long description (pyproject's `readme`), so the build needs it.
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY engines ./engines
+# Only the gateway's own dependencies (no `engines` extra). --only-binary: every dependency ships wheels, so
+# no compiler is ever needed, and a dependency that stops shipping one fails the build instead of compiling.
+RUN /opt/offload/bin/pip install --only-binary=:all: . \
+    && /opt/offload/bin/offload --help > /dev/null
+
+FROM ${PYTHON_IMAGE}
+# A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
+RUN groupadd --system --gid 10001 offload \
+    && useradd --system --uid 10001 --gid offload --home-dir /home/offload --create-home \
+       --shell /usr/sbin/nologin offload \
+    && mkdir -p /etc/offload
+COPY --from=build /opt/offload /opt/offload
+
+# The configuration file is mounted here (compose: a bind mount; Kubernetes: a ConfigMap). None is baked in:
+# the built-in default starts local engines, which this image cannot, so a missing file stops the gateway
+# at once with a message naming the path.
+ENV PATH=/opt/offload/bin:$PATH \
+    OFFLOAD_CONFIG=/etc/offload/offload.yaml \
+    OFFLOAD_LOG__FORMAT=json \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+USER 10001:10001
+WORKDIR /home/offload
+EXPOSE 8000
+
+# /health answers while the process runs (readiness, which depends on engines, is /ready). curl is not in
+# slim images; the standard library is.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('OFFLOAD_SERVER__PORT', '8000'), timeout=2)"]
+
+CMD ["offload", "serve", "--host", "0.0.0.0"]

@@ -1,0 +1,172 @@
+"""deploy/compose.yaml: it parses into compose-spec's typed models, and the gpu and cpu profiles each hold a
+gateway that waits for healthy engines which its config file can reach by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from gateway.config import parse_config
+from tests.deploy.conftest import DEPLOY, ROOT, dockerfile_env, interpolate_defaults, load_entrypoint
+
+compose_spec = pytest.importorskip("compose_spec", reason="compose-spec is not installed (the test extra)")
+
+COMPOSE = DEPLOY / "compose.yaml"
+PROFILES = ("gpu", "cpu")
+GATEWAYS = {"gpu": "gateway", "cpu": "gateway-cpu"}
+
+
+def parse(text: str) -> compose_spec.ComposeSpecification:
+    # apply_merge: the file shares service fragments through YAML anchors and `<<` merge keys.
+    project = compose_spec.PyOptions(apply_merge=True).from_yaml(text)
+    project.validate()
+    return project.to_spec()
+
+
+@pytest.fixture(scope="module")
+def spec() -> compose_spec.ComposeSpecification:
+    return parse(COMPOSE.read_text())
+
+
+def in_profile(spec: compose_spec.ComposeSpecification, profile: str) -> dict[str, compose_spec.Service]:
+    return {name: s for name, s in spec.services.items() if profile in (s.profiles or ())}
+
+
+def engines(spec: compose_spec.ComposeSpecification, profile: str) -> dict[str, compose_spec.Service]:
+    return {n: s for n, s in in_profile(spec, profile).items() if n != GATEWAYS[profile]}
+
+
+def environment(service: compose_spec.Service) -> dict[str, str]:
+    env = service.environment or {}
+    assert isinstance(env, dict), "environment is written as a mapping"
+    return {k: interpolate_defaults(str(v)) for k, v in env.items() if v is not None}
+
+
+def test_compose_file_parses_into_typed_models(spec: compose_spec.ComposeSpecification) -> None:
+    assert set(spec.services) == {"gateway", "chat-v1", "chat-v2", "embeddings"} | {
+        "gateway-cpu", "chat-v1-cpu", "chat-v2-cpu", "embeddings-cpu"
+    }  # fmt: skip
+
+
+def test_compose_parser_rejects_a_misspelt_key() -> None:
+    # The check above must be able to fail: an unknown service key is an error, not ignored.
+    broken = COMPOSE.read_text().replace("    depends_on:\n", "    depends_onn:\n", 1)
+
+    with pytest.raises(ValueError, match="depends_onn"):
+        parse(broken)
+
+
+def test_every_service_belongs_to_exactly_one_profile(spec: compose_spec.ComposeSpecification) -> None:
+    # A service without a profile would start with either; one in both would clash on names and ports.
+    assert {n: sorted(s.profiles or ()) for n, s in spec.services.items() if len(s.profiles or ()) != 1} == {}
+    assert all(in_profile(spec, p) for p in PROFILES)
+
+
+@pytest.mark.parametrize("name", ["chat-v1", "chat-v2", "embeddings"])
+def test_gpu_engines_reserve_an_nvidia_gpu(spec: compose_spec.ComposeSpecification, name: str) -> None:
+    service = spec.services[name]
+    (device,) = service.deploy.resources.reservations.devices
+
+    assert service.profiles == {"gpu"}
+    assert device.driver == "nvidia" and "gpu" in device.capabilities
+    assert device.device_ids or device.count
+
+
+def test_cpu_profile_reserves_no_gpu_and_builds_the_cpu_engine_image(
+    spec: compose_spec.ComposeSpecification,
+) -> None:
+    for name, service in engines(spec, "cpu").items():
+        reservations = service.deploy.resources.reservations if service.deploy.resources else None
+        assert reservations is None or not reservations.devices, name
+        build = service.build
+        assert (COMPOSE.parent / build.context / build.dockerfile).is_file(), name
+
+
+def test_every_service_has_a_healthcheck_and_cpu_and_memory_limits(
+    spec: compose_spec.ComposeSpecification,
+) -> None:
+    for name, service in spec.services.items():
+        check = service.healthcheck
+        assert check is not None and check.test and "/health" in " ".join(check.test), name
+        limits = service.deploy.resources.limits
+        assert limits.cpus and limits.memory, name
+
+
+@pytest.mark.parametrize("name", ["chat-v1", "chat-v2", "embeddings"])
+def test_gpu_engines_allow_a_long_start(spec: compose_spec.ComposeSpecification, name: str) -> None:
+    # A first start downloads the weights: "unhealthy" after the default 0 s would be wrong.
+    period = compose_spec.parse_duration(spec.services[name].healthcheck.start_period)
+
+    assert period >= 600
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_gateway_waits_for_every_engine_of_its_profile_to_be_healthy(
+    spec: compose_spec.ComposeSpecification, profile: str
+) -> None:
+    depends_on = spec.services[GATEWAYS[profile]].depends_on
+
+    assert set(depends_on) == set(engines(spec, profile))
+    assert {d.condition.value for d in depends_on.values()} == {"service_healthy"}
+
+
+def test_dependencies_stay_inside_their_profile(spec: compose_spec.ComposeSpecification) -> None:
+    for name, service in spec.services.items():
+        for target in service.depends_on or {}:
+            assert target in spec.services, (name, target)
+            assert spec.services[target].profiles == service.profiles, (name, target)
+
+
+def test_named_volumes_are_declared(spec: compose_spec.ComposeSpecification) -> None:
+    for name, service in spec.services.items():
+        for volume in service.volumes or ():
+            source = str(volume).split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in (spec.volumes or {}), (name, source)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_gateway_mounts_a_valid_config_whose_engines_resolve_in_its_profile(
+    spec: compose_spec.ComposeSpecification, profile: str
+) -> None:
+    gateway = spec.services[GATEWAYS[profile]]
+    image_config = dockerfile_env(ROOT / "Dockerfile")["OFFLOAD_CONFIG"]
+    mounts = dict(str(v).split(":")[:2] for v in gateway.volumes or ())
+    source = next(src for src, dst in mounts.items() if dst == image_config)
+    config_path = (COMPOSE.parent / source).resolve()
+    # Every name the engines answer to on the compose network: service names and aliases.
+    reachable: dict[str, compose_spec.Service] = {}
+    for name, service in engines(spec, profile).items():
+        reachable[name] = service
+        for network in (service.networks or {}).values():
+            reachable.update({alias: service for alias in network.aliases or ()})
+
+    config = parse_config(config_path.read_text(), str(config_path))
+
+    for model in config.models:
+        for version in model.version_configs().values():
+            for engine in version.engines:
+                url = urlsplit(engine.base_url)
+                service = reachable.get(url.hostname or "")
+                assert service is not None, f"{profile}: no engine answers to {url.hostname}"
+                env = environment(service)
+                assert url.port == int(env.get("OFFLOAD_ENGINE_PORT", "8000")), engine.base_url
+                assert env["OFFLOAD_ENGINE_SERVED_NAME"] == model.served_name(engine), engine.base_url
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_engine_environments_are_valid_entrypoint_specs(
+    spec: compose_spec.ComposeSpecification, profile: str
+) -> None:
+    entrypoint = load_entrypoint()
+    for name, service in engines(spec, profile).items():
+        dockerfile = Path(COMPOSE.parent / service.build.context) / (service.build.dockerfile or "Dockerfile")
+        image_env = dockerfile_env(dockerfile.resolve())
+
+        engine_spec = entrypoint.read_spec({**image_env, **environment(service)})
+
+        assert engine_spec["TASK"] == ("embeddings" if name.startswith("embeddings") else "chat"), name
+        if profile == "cpu":  # the CPU build's `vllm` script is broken: the image must use the module
+            assert engine_spec["LAUNCHER"] == "api-server", name
