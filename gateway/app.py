@@ -20,6 +20,7 @@ from gateway.api.health import OpsController
 from gateway.api.middleware import AccessMiddleware
 from gateway.api.models import ModelsController
 from gateway.config import OffloadConfig, load_config
+from gateway.discovery import TableSource, dns_names
 from gateway.metrics import Metrics
 from gateway.monitor import HealthMonitor
 from gateway.reloader import ConfigReloader
@@ -60,12 +61,17 @@ def create_app(
     )  # fmt: skip
     shadows = ShadowSender(dispatcher, upstream, metrics, settings.upstream.max_shadow_in_flight)
     monitor = HealthMonitor(lambda: dispatcher.table, health, upstream, metrics, h)
-    reloader = ConfigReloader(settings.config, dispatcher, monitor) if settings.config else None
+    source = TableSource(config, dispatcher, monitor)
+    reloader = ConfigReloader(settings.config, source) if settings.config else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        if dns_names(config):
+            await source.rebuild()  # discover replicas behind DNS names
         await monitor.probe_all()  # know who is up before the first request
         tasks = [asyncio.create_task(monitor.run(), name="offload-health-monitor")]
+        if settings.health.dns_interval:  # also picks up dns engines added by a reload
+            tasks.append(asyncio.create_task(source.watch_dns(settings.health.dns_interval)))
         if reloader is not None:
             if settings.reload.watch_interval:
                 tasks.append(asyncio.create_task(reloader.watch(settings.reload.watch_interval)))

@@ -50,25 +50,37 @@ class LocalEngine(_Strict):
 
 
 class EngineConfig(_Strict):
-    """Either a local process to start (``local``) or an engine already running (``url``)."""
+    """A local process to start (``local``), an engine already running (``url``), or every
+    engine behind a DNS name (``dns``, e.g. a Kubernetes headless service): one replica per address."""
 
     local: LocalEngine | None = None
     url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+(/.*)?$")
+    dns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]+:\d{1,5}$", description="host:port")
     served_name: str | None = Field(
         default=None, description="the engine's model name, if not the public name"
     )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> EngineConfig:
-        if (self.local is None) == (self.url is None):
-            raise ValueError("give exactly one of 'local' (a process to start) or 'url'")
+        if sum(x is not None for x in (self.local, self.url, self.dns)) != 1:
+            raise ValueError("give exactly one of 'local' (a process to start), 'url' or 'dns'")
         return self
+
+    @property
+    def dns_target(self) -> tuple[str, int] | None:
+        """``(host, port)`` for a DNS-discovered engine, else None."""
+        if self.dns is None:
+            return None
+        host, _, port = self.dns.rpartition(":")
+        return host, int(port)
 
     @property
     def base_url(self) -> str:
         """Where the engine's OpenAI server answers (no trailing slash, no ``/v1``)."""
         if self.local is not None:
             return f"http://{self.local.host}:{self.local.port}"
+        if self.dns is not None:
+            return f"http://{self.dns}"
         assert self.url is not None
         return self.url.rstrip("/").removesuffix("/v1")
 

@@ -15,9 +15,7 @@ from pathlib import Path
 import structlog
 
 from gateway.config import ConfigError, load_config
-from gateway.monitor import HealthMonitor
-from gateway.routing.table import RouteTable
-from gateway.services.dispatch import Dispatcher
+from gateway.discovery import TableSource
 
 _log = structlog.get_logger("offload.reload")
 
@@ -25,10 +23,9 @@ _log = structlog.get_logger("offload.reload")
 class ConfigReloader:
     """Reloads ``path`` into the dispatcher's route table."""
 
-    def __init__(self, path: Path, dispatcher: Dispatcher, monitor: HealthMonitor) -> None:
+    def __init__(self, path: Path, source: TableSource) -> None:
         self._path = path
-        self._dispatcher = dispatcher
-        self._monitor = monitor
+        self._source = source
         self._stamp = self._file_stamp()
         self._lock = asyncio.Lock()
 
@@ -48,15 +45,8 @@ class ConfigReloader:
             except ConfigError as exc:
                 _log.error("configuration reload rejected; keeping the running one", reason=str(exc))
                 return False
-            table = RouteTable.from_config(config)
-            known = {(r.id, r.base_url) for r in self._dispatcher.table.replicas()}
-            new = tuple(r for r in table.replicas() if (r.id, r.base_url) not in known)
-            if new:
-                # A replica id that now points elsewhere starts over: probe before it takes traffic.
-                self._dispatcher.health.forget_ids({r.id for r in new})
-                await self._monitor.probe_all(new)
-            self._dispatcher.replace_table(table)
-            _log.info("configuration reloaded", models=[r.model for r in table.routes])
+            await self._source.rebuild(config)
+            _log.info("configuration reloaded", models=[m.name for m in config.models])
             return True
 
     async def watch(self, interval: float) -> None:

@@ -53,6 +53,8 @@ class HealthSettings(BaseModel):
     # Engine /metrics scraping for load-aware routing (0 disables).
     scrape_interval: float = Field(default=2.0, ge=0)
     retry_after_seconds: int = Field(default=5, ge=1)
+    # Re-resolving `dns` engines (replica discovery, e.g. Kubernetes headless services); 0 disables.
+    dns_interval: float = Field(default=10.0, ge=0)
 
 
 class ReloadSettings(BaseModel):

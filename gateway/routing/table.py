@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.config import OffloadConfig, PolicyName, Task
@@ -70,27 +72,29 @@ class RouteTable:
         self._routes = routes
 
     @classmethod
-    def from_config(cls, config: OffloadConfig) -> RouteTable:
-        """One route per configured model, one replica per engine."""
+    def from_config(cls, config: OffloadConfig, resolved: Mapping[str, Sequence[str]] | None = None) -> RouteTable:
+        """One route per configured model, one replica per engine (per address for ``dns`` engines,
+        from ``resolved``: ``"host:port"`` -> addresses)."""
         routes: dict[str, Route] = {}
         for m in config.models:
             versions: dict[str, Version] = {}
             for name, vc in m.version_configs().items():
                 stem = f"{m.name}-{name}" if name else m.name
-                replicas = tuple(
-                    Replica(
-                        id=f"{stem}-{i}",
-                        model=m.name,
-                        version=name,
-                        base_url=e.base_url,
-                        served_name=m.served_name(e),
-                    )
-                    for i, e in enumerate(vc.engines)
-                )
+                replicas: list[Replica] = []
+                for i, e in enumerate(vc.engines):
+                    target = e.dns_target
+                    if target is None:
+                        replicas.append(Replica(f"{stem}-{i}", m.name, name, e.base_url, m.served_name(e)))
+                        continue
+                    for address in (resolved or {}).get(e.dns or "", ()):
+                        # The id shows in headers and metrics: a digest, never the pod address.
+                        tag = hashlib.blake2b(address.encode(), digest_size=3).hexdigest()
+                        host = f"[{address}]" if ":" in address else address
+                        replicas.append(Replica(f"{stem}-{i}-{tag}", m.name, name, f"http://{host}:{target[1]}", m.served_name(e)))
                 versions[name] = Version(
                     model=m.name,
                     name=name,
-                    replicas=replicas,
+                    replicas=tuple(replicas),
                     weight=vc.weight,
                     shadow=vc.shadow,
                     fallback=vc.fallback,

@@ -207,7 +207,7 @@ class Dispatcher:
             self.health.failure(replica.id, unreachable=True)
             exc.retry_after = self._retry_after
             raise
-        except (EngineError, EngineTimeoutError) as exc:
+        except (EngineError, EngineTimeoutError):
             self.health.failure(replica.id, unreachable=False)
             raise
         except EngineStatusError as exc:

@@ -120,7 +120,9 @@ def test_crash_restart_on_demand_and_sigterm(run_two: OffloadRun) -> None:
     finally:
         stop.set()
         sender.join()
-    assert set(statuses) <= {200, 503}, f"unexpected answers during the outage: {set(statuses)}"
+    # 503 + Retry-After while it is down; the one request in flight at the kill may get 502
+    assert set(statuses) <= {200, 502, 503}, f"unexpected answers during the outage: {set(statuses)}"
+    assert statuses.count(502) <= 1 and statuses.count(503) >= 1
     assert httpx.get(run.base_url + "/health").status_code == 200
     embed = run.engines()["embed"]
     assert embed["restarts"] == 1 and embed["last_exit"] == "killed by SIGKILL" and embed["state"] == "ready"

@@ -1,0 +1,64 @@
+"""Replica discovery from DNS names (Kubernetes headless services)."""
+
+from __future__ import annotations
+
+from gateway.config import parse_config
+from gateway.discovery import TableSource, dns_names, resolve
+from gateway.metrics import Metrics
+from gateway.routing.health import HealthRegistry
+from gateway.routing.table import RouteTable
+from gateway.services.dispatch import Dispatcher
+
+CONFIG = """
+models:
+  - name: chat
+    task: chat
+    versions:
+      v1: {weight: 1, engines: [{dns: "localhost:9"}, {url: "http://127.0.0.1:10"}]}
+"""
+
+
+class _Monitor:
+    def __init__(self) -> None:
+        self.probed: list[str] = []
+
+    async def probe_all(self, replicas):  # type: ignore[no-untyped-def]
+        self.probed += [r.id for r in replicas]
+
+
+def test_dns_names_lists_discovered_engines() -> None:
+    assert dns_names(parse_config(CONFIG)) == ["localhost:9"]
+
+
+async def test_resolve_returns_the_addresses_of_a_name() -> None:
+    assert "127.0.0.1" in await resolve("localhost:9")
+    assert await resolve("no-such-host.invalid:80") == []
+
+
+def test_one_replica_per_address_and_ids_hide_the_address() -> None:
+    config = parse_config(CONFIG)
+    table = RouteTable.from_config(config, {"localhost:9": ["10.1.2.3", "10.1.2.4"]})
+    replicas = table.replicas()
+    assert [r.base_url for r in replicas] == ["http://10.1.2.3:9", "http://10.1.2.4:9", "http://127.0.0.1:10"]
+    assert all("10.1.2" not in r.id for r in replicas)
+    assert len({r.id for r in replicas}) == 3
+    # the same address keeps the same id across rebuilds (its health carries over)
+    again = RouteTable.from_config(config, {"localhost:9": ["10.1.2.4"]})
+    assert again.replicas()[0].id == replicas[1].id
+
+
+def test_unresolved_name_contributes_no_replica() -> None:
+    table = RouteTable.from_config(parse_config(CONFIG), {})
+    assert [r.base_url for r in table.replicas()] == ["http://127.0.0.1:10"]
+
+
+async def test_rebuild_resolves_probes_new_replicas_and_swaps_the_table() -> None:
+    config = parse_config(CONFIG)
+    dispatcher = Dispatcher(RouteTable.from_config(config), HealthRegistry(), Metrics(), 5)
+    monitor = _Monitor()
+    source = TableSource(config, dispatcher, monitor)  # type: ignore[arg-type]
+    await source.rebuild()
+    urls = {r.base_url for r in dispatcher.table.replicas()}
+    assert "http://127.0.0.1:9" in urls and "http://127.0.0.1:10" in urls
+    assert monitor.probed and all(rid.startswith("chat-v1-0-") for rid in monitor.probed)
+    assert source.resolved["localhost:9"]
