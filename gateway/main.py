@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ def run(settings: Settings, config: OffloadConfig) -> int:
     from engines.supervisor import EngineStartError, Supervisor
 
     supervisor = Supervisor(config, settings.models_dir, settings.logs_dir)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler
+    # that was there before it: make that an orderly exit, so the engines are stopped below.
+    signal.signal(signal.SIGTERM, _stop_requested)
+    signal.signal(signal.SIGINT, _stop_requested)
     try:
         supervisor.reap_stale(settings.data_dir / "run" / "engines.json")
         supervisor.prepare_models()
@@ -59,11 +64,11 @@ def run(settings: Settings, config: OffloadConfig) -> int:
         supervisor.start_watching()
     except EngineStartError as exc:
         print(f"offload: {exc}", file=sys.stderr)
-        supervisor.stop_all()
+        _shutdown(supervisor)
         return 1
-    except KeyboardInterrupt:
+    except StopRequested:
         print("\noffload: interrupted; stopping engines", file=sys.stderr)
-        supervisor.stop_all()
+        _shutdown(supervisor)
         return 130
     try:
         print(
@@ -72,9 +77,26 @@ def run(settings: Settings, config: OffloadConfig) -> int:
             flush=True,
         )
         serve(settings, config, LocalEngineControl(supervisor))
+    except StopRequested:
+        pass  # the gateway has drained; now the engines
     finally:
-        supervisor.stop_all()
+        _shutdown(supervisor)
     return 0
+
+
+def _shutdown(supervisor: Any) -> None:
+    # A second Ctrl-C must not cut the engines' shutdown short (they would linger as orphans).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    supervisor.stop_all()
+
+
+class StopRequested(Exception):
+    """SIGINT or SIGTERM reached ``offload run``."""
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    raise StopRequested(signal.Signals(signum).name)
 
 
 def engines_cli(args: argparse.Namespace, settings: Settings) -> int:
