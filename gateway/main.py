@@ -41,6 +41,8 @@ def serve(settings: Settings, config: OffloadConfig, engines: Any = None) -> Non
         loop="uvloop",
         http="httptools",
         access_log=False,  # the gateway writes its own summary line per request
+        proxy_headers=False,  # no trusted proxy in front by default; saves work per request
+        server_header=False,
         log_level="warning",
         timeout_graceful_shutdown=10,
     )

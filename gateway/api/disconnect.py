@@ -36,21 +36,27 @@ async def _wait_for_disconnect(request: Request) -> None:
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it and raise :class:`ClientDisconnected`.
 
-    If the handler itself is cancelled (server shutdown), the work is cancelled and the
-    ``CancelledError`` propagates unchanged.
+    One watcher task cancels the handler's own task on disconnect (cheaper than racing two tasks).
+    If the handler is cancelled for another reason (server shutdown), ``CancelledError`` propagates.
     """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    handler = asyncio.current_task()
+    assert handler is not None
+    state = {"done": False, "disconnected": False}
+
+    async def watch() -> None:
+        await _wait_for_disconnect(request)
+        if not state["done"]:
+            state["disconnected"] = True
+            handler.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
+        if state["disconnected"]:
+            handler.uncancel()  # the cancellation was ours: turn it into a 499
+            raise ClientDisconnected("The client disconnected.") from None
         raise
-    if not task.done():  # the client left first
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ClientDisconnected("The client disconnected.")
-    watcher.cancel()
-    return task.result()
+    finally:
+        state["done"] = True
+        watcher.cancel()
