@@ -108,6 +108,7 @@ class Upstream:
                 timeout=aiohttp.ClientTimeout(total=None, connect=self._settings.connect_timeout),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),  # engines set no cookies: skip the jar per response
             )
         return self._session
 
