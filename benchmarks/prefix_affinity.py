@@ -2,7 +2,7 @@
 
     python -m benchmarks.prefix_affinity [--groups 8] [--per-group 4] [--prefix-words 900] [--rounds 2]
 
-Starts two vLLM engines serving SmolLM2 (a small KV cache each, so that one replica cannot hold every
+Starts two vLLM engines serving SmolLM2 (1 GiB of KV cache each, so that one replica cannot hold every
 group's prefix), then two gateways in front of both: one with ``policy: prefix_affinity``, one with
 ``round_robin``. Each batch sends groups of requests that share a long prompt prefix (1,000+
 tokens) and differ only in their last line; every batch uses fresh prefixes, so the policies never
@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
-import yaml
 
 from benchmarks.client import RequestRecord, chat_body, json_headers, send
 from benchmarks.stats import distribution
@@ -83,13 +81,15 @@ def _cache_counters(urls: list[str]) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.prefix_affinity", description=__doc__.split("\n")[0])
-    parser.add_argument("--groups", type=int, default=8)
-    parser.add_argument("--per-group", type=int, default=4)
+    # 24 groups x ~1,200 tokens overflow one replica's 1 GiB KV cache (~23,000 tokens) under round
+    # robin, while prefix affinity gives each replica half the groups, which fit.
+    parser.add_argument("--groups", type=int, default=24)
+    parser.add_argument("--per-group", type=int, default=3)
     parser.add_argument("--prefix-words", type=int, default=900, help="about 1.3 tokens a word")
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="batches per policy")
-    parser.add_argument("--kv-cache-gib", type=float, default=0.25)
+    parser.add_argument("--kv-cache-gib", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "prefix_affinity")
     args = parser.parse_args(argv)
 

@@ -60,7 +60,7 @@ class EngineSpec:
         e = self.engine
         env = {
             "HF_HUB_OFFLINE": "1",  # weights are local; never reach for a hub
-            "VLLM_CPU_KVCACHE_SPACE": f"{e.kv_cache_gib:g}",
+            "VLLM_CPU_KVCACHE_SPACE": str(e.kv_cache_gib),
             "VLLM_NO_USAGE_STATS": "1",
             "VLLM_DO_NOT_TRACK": "1",
         }

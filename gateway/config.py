@@ -30,7 +30,8 @@ class LocalEngine(_Strict):
     host: str = "127.0.0.1"
     dtype: str = "auto"
     enforce_eager: bool = True  # start-up in ~50 s instead of ~140 s on CPU
-    kv_cache_gib: float = Field(default=1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE")
+    # VLLM_CPU_KVCACHE_SPACE is read as a whole number of GiB (vLLM refuses "0.25").
+    kv_cache_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE")
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     max_model_len: int | None = Field(default=None, ge=16)
     max_num_seqs: int | None = Field(default=None, ge=1)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 import sys
 from pathlib import Path
 
@@ -72,8 +74,9 @@ def test_env_keeps_engines_offline_and_sizes_the_kv_cache() -> None:
     assert "VLLM_CPU_OMP_THREADS_BIND" not in env
 
 
-def test_env_renders_fractional_kv_cache() -> None:
-    assert spec(kv_cache_gib=2.5).env()["VLLM_CPU_KVCACHE_SPACE"] == "2.5"
+def test_fractional_kv_cache_is_refused_because_vllm_reads_whole_gib() -> None:
+    with pytest.raises(ValueError):
+        spec(kv_cache_gib=2.5)
 
 
 def test_env_binds_threads_only_when_cpus_are_set() -> None:
