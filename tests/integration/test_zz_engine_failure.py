@@ -28,7 +28,7 @@ def test_killed_engine_gives_in_band_error_then_503_then_recovers(
     )
     received = 0
     with pytest.raises(openai.APIError) as err:
-        for chunk in stream:
+        for _chunk in stream:
             received += 1
             if received == 5:
                 assert engine.pid is not None
