@@ -7,7 +7,6 @@ awaiting the engine. Cancelling it closes the upstream connection, which makes v
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 

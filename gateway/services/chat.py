@@ -15,7 +15,7 @@ from gateway.protocol.errors import ErrorDetail, ErrorResponse
 from gateway.routing.table import Replica, Route, Version
 from gateway.routing.versions import choose_shadows, choose_version
 from gateway.services.accounting import RequestRecord
-from gateway.services.dispatch import Dispatcher, engine_error
+from gateway.services.dispatch import Dispatcher, engine_error, post_answer
 from gateway.services.errors import EngineError, GatewayError
 from gateway.services.parsing import parse_body
 from gateway.services.shadow import ShadowSender
@@ -75,13 +75,7 @@ class ChatService:
         route, version, key = self._target(data, request, record, headers)
 
         async def attempt(replica: Replica) -> dict[str, Any]:
-            reply = await self._upstream.post_json(replica.base_url, PATH, _body(data, replica))
-            if reply.status != 200:
-                raise engine_error(reply.status, reply.body)
-            try:
-                answer: dict[str, Any] = orjson.loads(reply.body)
-            except orjson.JSONDecodeError:
-                raise EngineError("The engine sent an unreadable answer.") from None
+            answer = await post_answer(self._upstream, replica, PATH, data)
             if any(c.get("finish_reason") not in _OK_FINISH for c in answer.get("choices") or ()):
                 raise EngineError("The engine aborted the request.")
             return answer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -27,7 +27,7 @@ from gateway.services.errors import (
     InvalidRequestError,
     ModelNotFoundError,
 )
-from gateway.upstream import EngineConnectError
+from gateway.upstream import EngineConnectError, Upstream
 
 T = TypeVar("T")
 _TASK_NAMES = {"chat": "chat completions", "embeddings": "embeddings"}
@@ -258,6 +258,21 @@ class Dispatcher:
                 tried.add(replica.id)
                 record.retries += 1
                 self._metrics.retries.labels(route.model, used.label, replica.id).inc()
+
+
+async def post_answer(upstream: Upstream, replica: Replica, path: str, data: dict[str, Any]) -> dict[str, Any]:
+    """POST ``data`` to ``replica`` under its served name; the engine's JSON answer, or the
+    normalised error (engine status, unreadable answer)."""
+    reply = await upstream.post_json(replica.base_url, path, orjson.dumps({**data, "model": replica.served_name}))
+    if reply.status != 200:
+        raise engine_error(reply.status, reply.body)
+    try:
+        answer = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        raise EngineError("The engine sent an unreadable answer.") from None
+    if not isinstance(answer, dict):
+        raise EngineError("The engine sent an unreadable answer.")
+    return answer
 
 
 def engine_error(status: int, body: bytes) -> EngineStatusError:

@@ -10,8 +10,8 @@ import orjson
 from gateway.protocol.embeddings import EmbeddingRequest
 from gateway.routing.table import Replica
 from gateway.services.accounting import RequestRecord
-from gateway.services.dispatch import Dispatcher, engine_error
-from gateway.services.errors import EngineError, InvalidRequestError
+from gateway.services.dispatch import Dispatcher, post_answer
+from gateway.services.errors import InvalidRequestError
 from gateway.services.parsing import parse_body
 from gateway.upstream import Upstream
 
@@ -36,16 +36,7 @@ class EmbeddingsService:
         route, choice = self._dispatcher.resolve(request.model, "embeddings", session, record)
 
         async def attempt(replica: Replica) -> dict[str, Any]:
-            reply = await self._upstream.post_json(
-                replica.base_url, PATH, orjson.dumps({**data, "model": replica.served_name})
-            )
-            if reply.status != 200:
-                raise engine_error(reply.status, reply.body)
-            try:
-                answer: dict[str, Any] = orjson.loads(reply.body)
-            except orjson.JSONDecodeError:
-                raise EngineError("The engine sent an unreadable answer.") from None
-            return answer
+            return await post_answer(self._upstream, replica, PATH, data)
 
         answer, used = await self._dispatcher.with_failover(route, choice.version, record, attempt)
         record.prompt_tokens = (answer.get("usage") or {}).get("prompt_tokens")
