@@ -20,6 +20,8 @@ from gateway.settings import UpstreamSettings
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _DONE = b"[DONE]"
+KEEPALIVE = b""
+"""Yielded by :class:`EventStream` while the engine is silent: time for an SSE keep-alive comment."""
 
 
 class ProbeResult(enum.Enum):
@@ -49,18 +51,32 @@ class EventStream:
     idle timeout, or ends without ``[DONE]`` (the engine died mid-answer).
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, idle_timeout: float, keepalive: float | None = None
+    ) -> None:
         self._response = response
         self._idle_timeout = idle_timeout
+        # Every `keepalive` seconds of engine silence the stream yields KEEPALIVE (b""), so the
+        # transport can send an SSE comment: the read's own timeout does it, no extra task per event.
+        self._wait = min(keepalive, idle_timeout) if keepalive else idle_timeout
         self.finished = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         buffer = b""
         content = self._response.content
+        silent = 0.0
         try:
             while True:
-                async with asyncio.timeout(self._idle_timeout):
-                    chunk = await content.readany()
+                try:
+                    async with asyncio.timeout(self._wait):
+                        chunk = await content.readany()  # a timeout leaves buffered data in place
+                except TimeoutError:
+                    silent += self._wait
+                    if silent >= self._idle_timeout:
+                        raise EngineError("the engine stopped sending while streaming") from None
+                    yield KEEPALIVE
+                    continue
+                silent = 0.0
                 if not chunk:
                     break
                 buffer += chunk
@@ -75,9 +91,8 @@ class EventStream:
                         if payload == _DONE:
                             self.finished = True
                             return
-                        yield payload
-        except TimeoutError:
-            raise EngineError("the engine stopped sending while streaming") from None
+                        if payload:
+                            yield payload
         except aiohttp.ClientError:
             raise EngineError("the engine connection broke while streaming") from None
         raise EngineError("the engine ended the stream early")
@@ -158,7 +173,7 @@ class Upstream:
             raise EngineConnectError("the engine is unreachable") from None
         except aiohttp.ClientError:
             raise EngineError("the engine connection failed") from None
-        return EventStream(response, self._settings.stream_idle_timeout)
+        return EventStream(response, self._settings.stream_idle_timeout, self._settings.keepalive_interval)
 
     async def get_text(self, base_url: str, path: str, timeout: float) -> str | None:
         """``GET`` a small text page (engine metrics); None on any failure."""

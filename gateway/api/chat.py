@@ -41,7 +41,7 @@ class ChatController(Controller):
             )
         stream = await unless_disconnected(request, chat.open_stream(data, parsed, record, request.headers))
         return Stream(
-            sse.frame(stream, upstream_settings.keepalive_interval),
+            sse.relay(stream),  # the engine read itself signals silence for keep-alives
             media_type=sse.MEDIA_TYPE,
             headers=sse.HEADERS,
             # Runs however the response ends (done, failed or client gone): frees the engine.

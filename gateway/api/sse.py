@@ -21,11 +21,20 @@ def event(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
+async def relay(payloads: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """Frame ``payloads`` as SSE then ``[DONE]``; an empty payload (the engine's silence, see
+    :data:`gateway.upstream.KEEPALIVE`) becomes a ``: ping`` comment. The hot path: no task per event."""
+    async for payload in payloads:
+        yield b"data: " + payload + b"\n\n" if payload else PING
+    yield DONE
+
+
 async def frame(payloads: AsyncIterable[bytes], keepalive: float) -> AsyncIterator[bytes]:
     """Frame ``payloads`` as SSE, pinging every ``keepalive`` seconds of silence, then ``[DONE]``.
 
-    The next payload is awaited in a task that survives a keep-alive timeout, so a ping never
-    interrupts a read from the engine.
+    For sources that can be silent without saying so (a stream still waiting for its engine to
+    load): the next payload is awaited in a task that survives a keep-alive timeout, so a ping
+    never interrupts the wait. Empty payloads become pings too.
     """
     source = aiter(payloads)
     pending: asyncio.Future[bytes] | None = None
@@ -42,7 +51,7 @@ async def frame(payloads: AsyncIterable[bytes], keepalive: float) -> AsyncIterat
                 payload = task.result()
             except StopAsyncIteration:
                 break
-            yield b"data: " + payload + b"\n\n"
+            yield b"data: " + payload + b"\n\n" if payload else PING
         yield DONE
     finally:
         if pending is not None:

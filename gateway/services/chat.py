@@ -145,6 +145,9 @@ class ChatService:
         last = 0.0
         try:
             async for payload in stream:
+                if not payload:  # engine silent: let the transport send a keep-alive
+                    yield payload
+                    continue
                 try:
                     event = orjson.loads(payload)
                 except orjson.JSONDecodeError:
