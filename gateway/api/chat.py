@@ -9,7 +9,7 @@ from litestar.response import Stream
 from gateway.api import sse
 from gateway.api.disconnect import unless_disconnected
 from gateway.api.middleware import record_of
-from gateway.services.chat import ChatService
+from gateway.services.chat import ChatService, ChatStream
 from gateway.settings import UpstreamSettings
 
 
@@ -30,20 +30,15 @@ class ChatController(Controller):
         if not parsed.stream:
             answer = await unless_disconnected(request, chat.complete(data, parsed, record, request.headers))
             return Response(answer, media_type="application/json")
-        if chat.needs_start(parsed, request.headers):
-            # An on-demand engine must load first (minutes): answer now, ping while it loads.
-            lazy = chat.lazy_stream(data, parsed, record, request.headers)
-            return Stream(
-                sse.frame(lazy, upstream_settings.keepalive_interval),
-                media_type=sse.MEDIA_TYPE,
-                headers=sse.HEADERS,
-                background=BackgroundTask(lazy.aclose),
-            )
-        stream = await unless_disconnected(request, chat.open_stream(data, parsed, record, request.headers))
+        opened = await unless_disconnected(request, chat.open_stream(data, parsed, record, request.headers))
+        if isinstance(opened, ChatStream):
+            body = sse.relay(opened)  # the engine read itself signals silence for keep-alives
+        else:  # an on-demand engine is loading (minutes): answer now, ping while it loads
+            body = sse.frame(opened, upstream_settings.keepalive_interval)
         return Stream(
-            sse.relay(stream),  # the engine read itself signals silence for keep-alives
+            body,
             media_type=sse.MEDIA_TYPE,
             headers=sse.HEADERS,
             # Runs however the response ends (done, failed or client gone): frees the engine.
-            background=BackgroundTask(stream.aclose),
+            background=BackgroundTask(opened.aclose),
         )

@@ -13,7 +13,7 @@ from gateway.metrics import Metrics
 from gateway.protocol.chat import FINISH_REASONS, ChatCompletionRequest
 from gateway.protocol.errors import ErrorDetail, ErrorResponse
 from gateway.routing.table import Replica, Route, Version
-from gateway.routing.versions import choose_shadows, choose_version
+from gateway.routing.versions import choose_shadows
 from gateway.services.accounting import RequestRecord
 from gateway.services.dispatch import Dispatcher, engine_error, post_answer
 from gateway.services.errors import EngineError, GatewayError
@@ -59,9 +59,7 @@ class ChatService:
         self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord, headers: Mapping[str, str]
     ) -> tuple[Route, Version, str | None]:
         """Route, version (sticky by session), prefix key; and the shadow copies, sent now."""
-        route, _ = self._dispatcher.route(request.model, "chat")
-        session = headers.get(route.session_header) or request.user
-        route, choice = self._dispatcher.resolve(request.model, "chat", session, record)
+        route, choice = self._dispatcher.resolve(request.model, "chat", request.user, record, headers)
         key = prefix_key(request, route.prefix_chars) if choice.version.policy == "prefix_affinity" else None
         shadows = choose_shadows(route, choice.version, record.request_id)
         if shadows:
@@ -89,13 +87,25 @@ class ChatService:
 
     async def open_stream(
         self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord, headers: Mapping[str, str]
-    ) -> ChatStream:
+    ) -> ChatStream | AsyncGenerator[bytes, None]:
         """Start a stream. What fails before the engine starts answering raises here (a real status,
-        after failover); what fails later becomes an in-band error event."""
+        after failover); what fails later becomes an in-band error event.
+
+        When the version's engine must first be loaded on demand (minutes), a lazy stream comes back
+        at once instead: the transport can start the response and ping while it loads; a failure to
+        load then arrives in-band.
+        """
         route, version, key = self._target(data, request, record, headers)
         # Ask for usage even when the client did not, for accounting; that chunk is then dropped.
         data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
+        if self._dispatcher.needs_start(route, version):
+            return self._lazy(route, version, key, data, request, record)
+        return await self._open(route, version, key, data, request, record)
 
+    async def _open(
+        self, route: Route, version: Version, key: str | None,
+        data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord,
+    ) -> ChatStream:  # fmt: skip
         async def attempt(replica: Replica) -> tuple[EventStream, Replica]:
             opened = await self._upstream.open_stream(replica.base_url, PATH, _body(data, replica))
             if not isinstance(opened, EventStream):
@@ -108,19 +118,12 @@ class ChatService:
         events = self._relay(stream, used.public_id, labels, request.include_usage, record)
         return ChatStream(events, stream, self._dispatcher.hold(replica))
 
-    def needs_start(self, request: ChatCompletionRequest, headers: Mapping[str, str]) -> bool:
-        """True when serving this request first means starting an on-demand engine (slow)."""
-        route, selector = self._dispatcher.route(request.model, "chat")
-        session = headers.get(route.session_header) or request.user
-        return self._dispatcher.needs_start(route, choose_version(route, selector, session).version)
-
-    async def lazy_stream(
-        self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord, headers: Mapping[str, str]
-    ) -> AsyncGenerator[bytes, None]:
-        """A stream whose engine must first be loaded: the response starts at once (so the client
-        gets keep-alive comments while it loads); a failure to load arrives in-band."""
+    async def _lazy(
+        self, route: Route, version: Version, key: str | None,
+        data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord,
+    ) -> AsyncGenerator[bytes, None]:  # fmt: skip
         try:
-            stream = await self.open_stream(data, request, record, headers)
+            stream = await self._open(route, version, key, data, request, record)
         except GatewayError as exc:
             record.error_type = exc.code
             yield _in_band(exc)

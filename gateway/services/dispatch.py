@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -92,9 +92,19 @@ class Dispatcher:
             )
         return route, selector
 
-    def resolve(self, requested: str, task: Task, session: str | None, record: RequestRecord) -> tuple[Route, Choice]:
-        """Route and version for a request, noted on the record."""
+    def resolve(
+        self,
+        requested: str,
+        task: Task,
+        session: str | None,
+        record: RequestRecord,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[Route, Choice]:
+        """Route and version for a request, noted on the record. The session key is the route's
+        session header when ``headers`` carry it, else ``session`` (the request's ``user``)."""
         route, selector = self.route(requested, task)
+        if headers is not None:
+            session = headers.get(route.session_header) or session
         try:
             choice = choose_version(route, selector, session)
         except UnknownVersion as exc:

@@ -31,9 +31,7 @@ class EmbeddingsService:
         record.model = request.model
         if request.input_is_empty():
             raise InvalidRequestError("'input' must not be empty.", param="input")
-        route, _ = self._dispatcher.route(request.model, "embeddings")
-        session = headers.get(route.session_header) or request.user
-        route, choice = self._dispatcher.resolve(request.model, "embeddings", session, record)
+        route, choice = self._dispatcher.resolve(request.model, "embeddings", request.user, record, headers)
 
         async def attempt(replica: Replica) -> dict[str, Any]:
             return await post_answer(self._upstream, replica, PATH, data)

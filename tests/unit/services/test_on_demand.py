@@ -12,7 +12,7 @@ from gateway.metrics import Metrics
 from gateway.routing.health import HealthRegistry, State
 from gateway.routing.table import RouteTable
 from gateway.services.accounting import RequestRecord
-from gateway.services.chat import ChatService
+from gateway.services.chat import ChatService, ChatStream
 from gateway.services.dispatch import Dispatcher
 from gateway.services.errors import EngineUnavailableError
 from gateway.services.shadow import ShadowSender
@@ -163,8 +163,9 @@ async def test_a_lazy_stream_that_cannot_load_sends_the_error_in_band(
         record,
     )
 
-    assert chat.needs_start(request, {}) is True
-    payloads = [orjson.loads(p) async for p in chat.lazy_stream(data, request, record, {})]
+    opened = await chat.open_stream(data, request, record, {})
+    assert not isinstance(opened, ChatStream), "expected a lazy stream for an engine that must load"
+    payloads = [orjson.loads(p) async for p in opened]
 
     assert len(payloads) == 1
     assert payloads[0]["error"]["code"] == "engine_unavailable"
