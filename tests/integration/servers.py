@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from gateway.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -94,3 +96,48 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class OffloadRun:
+    """`python -m gateway run` as a child process."""
+
+    def __init__(self, tmp: Path, models: list[dict]) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        config = tmp / "offload.yaml"
+        config.write_text(yaml.safe_dump({"models": models}))
+        self.out = tmp / "run.log"
+        with self.out.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--config", str(config), "--port", str(self.port)],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "OFFLOAD_DATA_DIR": str(Settings().data_dir), "OFFLOAD_HEALTH__PROBE_INTERVAL": "0.5",
+                     "OFFLOAD_HEALTH__COOLDOWN": "0.5", "OFFLOAD_LOG__FORMAT": "json"},
+            )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        def ready() -> bool:
+            assert self.proc.poll() is None, self.out.read_text()[-3000:]
+            try:
+                return httpx.get(self.base_url + "/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout, interval=1, what="offload run to be ready")
+
+    def engines(self) -> dict[str, dict]:
+        return {e["name"]: e for e in httpx.get(self.base_url + "/admin/engines", timeout=10).json()["data"]}
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "gateway", "engines", *args, "--url", self.base_url],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def pid_of(self, name: str) -> int:
+        return int(re.findall(rf"engine {re.escape(name)}: starting[^(]*\(pid (\d+)", self.out.read_text())[-1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
