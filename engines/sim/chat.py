@@ -104,13 +104,19 @@ class ChatHandler:
         return Plan(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model, choices,
                     prompt_tokens, tokens, finish, include_usage, knobs)
 
-    async def _events(self, plan: Plan) -> AsyncIterator[bytes]:
-        """The SSE events of one streamed answer; holds a running slot while generating."""
+    async def _occupy(self, plan: Plan) -> int:
+        """Wait for a running slot and take the prompt's KV tokens; returns the tokens held."""
         engine = self._engine
         await engine.admit()
         held = plan.prompt_tokens * plan.choices
         engine.kv_tokens += held
         engine.prompt_tokens_total += plan.prompt_tokens
+        return held
+
+    async def _events(self, plan: Plan) -> AsyncIterator[bytes]:
+        """The SSE events of one streamed answer; holds a running slot while generating."""
+        engine = self._engine
+        held = await self._occupy(plan)
         generated = 0
         finish = FINISH_ABORT
         try:
@@ -143,10 +149,7 @@ class ChatHandler:
     async def _complete(self, plan: Plan) -> bytes | ResetResponse:
         """A whole answer after the simulated generation time."""
         engine = self._engine
-        await engine.admit()
-        held = plan.prompt_tokens * plan.choices
-        engine.kv_tokens += held
-        engine.prompt_tokens_total += plan.prompt_tokens
+        held = await self._occupy(plan)
         generated = 0
         finish = FINISH_ABORT
         try:
