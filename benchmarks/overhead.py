@@ -124,8 +124,10 @@ def _offload_version() -> str:
 class Bench:
     """Starts the servers, runs the interleaved scenarios and the ramp, keeps every run's numbers."""
 
-    def __init__(self, plan: Plan, workdir: Path, names: list[str], reinstall: bool) -> None:
+    def __init__(self, plan: Plan, workdir: Path, names: list[str], reinstall: bool,
+                 baseline: Path | None = None) -> None:
         self.plan = plan
+        self.baseline = baseline
         self.workdir = workdir
         self.names = names
         self.reinstall = reinstall
@@ -185,6 +187,9 @@ class Bench:
             server = peers.offload_server(self.workdir, engines, access_log=name == "offload-log")
             urls = dict.fromkeys(engines, server.base_url)
             return Target(name, urls, [server], _offload_version()), [server]
+        if name == "offload-base" and self.baseline is not None:
+            server = peers.offload_server(self.workdir, engines, root=self.baseline, name=name)
+            return Target(name, dict.fromkeys(engines, server.base_url), [server], f"checkout {self.baseline}"), [server]
         if name == "litellm":
             peer = peers.ensure_peer(peers.LITELLM, reinstall=self.reinstall, say=_say)
             self._record_install(peer)
@@ -304,6 +309,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="2 rounds of 2.5 s runs and a short ramp (< 5 min)")
     p.add_argument("--targets", default="sim,offload,litellm,vllm-router",
                    help="comma-separated, from sim, offload, offload-log (access log on), litellm, vllm-router")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="another checkout (e.g. a git worktree of main) measured as target offload-base, to A/B a change")
     p.add_argument("--rounds", type=int, default=None, help="override the plan's rounds")
     p.add_argument("--seconds", type=float, default=None, help="override one run's issuing window")
     p.add_argument("--no-ramp", action="store_true", help="skip the throughput ramp")
@@ -316,6 +323,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         names.insert(0, "sim")  # the floor is always measured: every "added" number needs it
     if not 1 <= (args.rounds or 1) <= 50 or not 0.5 <= (args.seconds or 1) <= 120:
         p.error("rounds must be 1..50 and seconds 0.5..120")
+    if args.baseline is not None:
+        if not (args.baseline / "gateway").is_dir():
+            p.error(f"--baseline {args.baseline}: no gateway package there")
+        args.baseline = args.baseline.resolve()
+        names.append("offload-base")
     args.names = names
     return args
 
@@ -343,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine()
     signal.signal(signal.SIGTERM, _interrupt)  # so that `finally` stops every server we started
     with tempfile.TemporaryDirectory(prefix="offload-overhead-") as tmp:
-        bench = Bench(plan, Path(tmp), args.names, args.reinstall_peers)
+        bench = Bench(plan, Path(tmp), args.names, args.reinstall_peers, args.baseline)
         try:
             bench.start()
             if len(bench.live) < 2:

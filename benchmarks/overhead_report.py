@@ -14,7 +14,7 @@ OFFLOAD = "offload"
 METRICS = ("latency_p50_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms",
            "rps", "cpu_ms_per_req", "sim_cpu_ms_per_req")
 ADDED = METRICS[:6]
-COLORS = {"sim": "tab:gray", "offload": "tab:blue", "offload-log": "tab:cyan", "litellm": "tab:orange",
+COLORS = {"sim": "tab:gray", "offload": "tab:blue", "offload-log": "tab:cyan", "offload-base": "tab:purple", "litellm": "tab:orange",
           "vllm-router": "tab:green"}
 # Offload's goals: (label, scenario, key, limit); a key starting with "ratio:" reads summary["ratios"].
 GOALS = (

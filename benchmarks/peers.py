@@ -201,15 +201,20 @@ def sim_server(workdir: Path, model: str, *, itl: float, output_tokens: int) -> 
                   env={"PYTHONPATH": str(ROOT)})
 
 
-def offload_server(workdir: Path, engines: dict[str, str], *, access_log: bool = False) -> Server:
-    """``python -m gateway serve`` with one chat model per engine URL; production defaults otherwise."""
+def offload_server(
+    workdir: Path, engines: dict[str, str], *, access_log: bool = False, root: Path = ROOT, name: str | None = None
+) -> Server:
+    """``python -m gateway serve`` with one chat model per engine URL; production defaults otherwise.
+
+    ``root`` is the checkout whose gateway runs (another one, e.g. a ``git worktree`` of main, to A/B a change).
+    """
     port = free_port()
     config = workdir / "offload.yaml"
     config.write_text(yaml.safe_dump({"models": [
         {"name": name, "task": "chat", "engine": {"url": url}} for name, url in engines.items()]}))
     env = {"OFFLOAD_CONFIG": str(config), "OFFLOAD_LOG__ACCESS": "true" if access_log else "false",
-           "OFFLOAD_LOG__FORMAT": "json", "PYTHONPATH": str(ROOT)}
-    name = "offload-log" if access_log else "offload"
+           "OFFLOAD_LOG__FORMAT": "json", "PYTHONPATH": str(root)}
+    name = name or ("offload-log" if access_log else "offload")
     return Server(name, [sys.executable, "-m", "gateway", "serve", "--port", str(port)], port, "/ready",
                   workdir / f"{name}.log", env=env)
 

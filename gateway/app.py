@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator
 
 from litestar import Litestar
 from litestar.di import Provide
-from litestar.middleware import DefineMiddleware
 
-from gateway.api.chat import ChatController
-from gateway.api.embeddings import EmbeddingsController
+from gateway.api.chat import chat_route
+from gateway.api.embeddings import embeddings_route
 from gateway.api.engines import EnginesController
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.health import OpsController
@@ -63,6 +62,7 @@ def create_app(
     monitor = HealthMonitor(lambda: dispatcher.table, health, upstream, metrics, h)
     source = TableSource(config, dispatcher, monitor)
     reloader = ConfigReloader(settings.config, source) if settings.config else None
+    max_body = settings.server.max_body_bytes
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -87,12 +87,13 @@ def create_app(
             await shadows.close()
             await upstream.close()
 
-    return Litestar(
-        route_handlers=[ChatController, EmbeddingsController, ModelsController, OpsController, EnginesController],
-        middleware=[DefineMiddleware(AccessMiddleware, metrics=metrics, log_requests=settings.log.access)],
+    app = Litestar(
+        route_handlers=[
+            chat_route(ChatService(dispatcher, upstream, metrics, shadows), settings.upstream.keepalive_interval, max_body),
+            embeddings_route(EmbeddingsService(dispatcher, upstream), max_body),
+            ModelsController, OpsController, EnginesController,
+        ],
         dependencies={
-            "chat": _const(ChatService(dispatcher, upstream, metrics, shadows)),
-            "embeddings": _const(EmbeddingsService(dispatcher, upstream)),
             "dispatcher": _const(dispatcher),
             "metrics": _const(metrics),
             "upstream_settings": _const(settings.upstream),
@@ -100,7 +101,11 @@ def create_app(
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        request_max_body_size=settings.server.max_body_bytes,
+        request_max_body_size=max_body,
         openapi_config=None,
         debug=False,
     )
+    # Outside Litestar's router (its `middleware=` runs per matched route), so that requests no route
+    # matches (404, 405) also get a request id, a log line and metrics.
+    app.asgi_handler = AccessMiddleware(app.asgi_handler, metrics, settings.log.access)
+    return app

@@ -1,44 +1,47 @@
-"""``POST /v1/chat/completions``."""
+"""``POST /v1/chat/completions``: a plain-ASGI route (see :mod:`gateway.api.asgi` for why)."""
 
 from __future__ import annotations
 
-from litestar import Controller, Request, Response, post
-from litestar.background_tasks import BackgroundTask
-from litestar.response import Stream
+from typing import TYPE_CHECKING
+
+from litestar import asgi
+from litestar.handlers import ASGIRouteHandler
 
 from gateway.api import sse
+from gateway.api.asgi import headers_of, read_body, require_post, send_json, send_stream
 from gateway.api.disconnect import unless_disconnected
-from gateway.api.middleware import record_of
-from gateway.services.chat import ChatService, ChatStream
-from gateway.settings import UpstreamSettings
+from gateway.api.middleware import record_in
+from gateway.services.chat import PATH, ChatService, ChatStream
+
+if TYPE_CHECKING:
+    from litestar.types import Receive, Scope, Send
 
 
-class ChatController(Controller):
-    """OpenAI chat completions, JSON or server-sent events."""
+def chat_route(chat: ChatService, keepalive: float, max_body: int) -> ASGIRouteHandler:
+    """The route handler relaying chat completions, JSON or server-sent events, to the engines.
 
-    path = "/v1/chat/completions"
+    ``keepalive``: seconds between SSE pings while a stream waits for an engine to load on demand.
+    """
 
-    @post(status_code=200)
-    async def create(
-        self, request: Request, chat: ChatService, upstream_settings: UpstreamSettings
-    ) -> Response[bytes] | Stream:
-        """Relay a chat completion to the model's engine."""
-        record = record_of(request)
-        assert record is not None
-        body = await request.body()
-        data, parsed = chat.prepare(body, record)
+    @asgi(PATH, copy_scope=False, name="chat-completions")
+    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+        require_post(scope)
+        record = record_in(scope)
+        data, parsed = chat.prepare(await read_body(scope, receive, max_body), record)
+        headers = headers_of(scope)
         if not parsed.stream:
-            answer = await unless_disconnected(request, chat.complete(data, parsed, record, request.headers))
-            return Response(answer, media_type="application/json")
-        opened = await unless_disconnected(request, chat.open_stream(data, parsed, record, request.headers))
-        if isinstance(opened, ChatStream):
-            body = sse.relay(opened)  # the engine read itself signals silence for keep-alives
-        else:  # an on-demand engine is loading (minutes): answer now, ping while it loads
-            body = sse.frame(opened, upstream_settings.keepalive_interval)
-        return Stream(
-            body,
-            media_type=sse.MEDIA_TYPE,
-            headers=sse.HEADERS,
-            # Runs however the response ends (done, failed or client gone): frees the engine.
-            background=BackgroundTask(opened.aclose),
-        )
+            answer = await unless_disconnected(receive, chat.complete(data, parsed, record, headers))
+            await send_json(send, answer)
+            return
+        opened = await unless_disconnected(receive, chat.open_stream(data, parsed, record, headers))
+        try:
+            if isinstance(opened, ChatStream):
+                events = sse.relay(opened)  # the engine read itself signals silence for keep-alives
+            else:  # an on-demand engine is loading (minutes): answer now, ping while it loads
+                events = sse.frame(opened, keepalive)
+            if not await send_stream(send, receive, sse.RESPONSE_HEADERS, events):
+                record.error_type = record.error_type or "client_disconnected"
+        finally:
+            await opened.aclose()  # however the stream ended (done, failed, client gone): free the engine
+
+    return chat_completions

@@ -1,18 +1,20 @@
-"""Cancel a non-streaming handler's work as soon as its client disconnects.
+"""Cancel a handler's work as soon as its client disconnects.
 
-Litestar notices a disconnect on streams by itself; for a plain request the handler would keep
-awaiting the engine. Cancelling it closes the upstream connection, which makes vLLM abort.
+Without it a handler would keep awaiting the engine (or relaying a stream nobody reads: uvicorn
+drops writes to a closed connection silently). Cancelling closes the upstream connection, which
+makes vLLM abort the request and free its KV cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
-
-from litestar import Request
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.services.errors import GatewayError
+
+if TYPE_CHECKING:
+    from litestar.types import Receive
 
 T = TypeVar("T")
 
@@ -25,25 +27,20 @@ class ClientDisconnected(GatewayError):
     code = "client_disconnected"
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it and raise :class:`ClientDisconnected`.
 
-    One watcher task cancels the handler's own task on disconnect (cheaper than racing two tasks).
-    If the handler is cancelled for another reason (server shutdown), ``CancelledError`` propagates.
+    ``receive`` is the request's ASGI receive, read only for the disconnect once the body is in.
+    One watcher task cancels the caller's own task on disconnect (cheaper than racing two tasks).
+    A cancellation that is not ours (server shutdown) propagates as it is.
     """
     handler = asyncio.current_task()
     assert handler is not None
     state = {"done": False, "disconnected": False}
 
     async def watch() -> None:
-        await _wait_for_disconnect(request)
+        while (await receive())["type"] != "http.disconnect":
+            pass
         if not state["done"]:
             state["disconnected"] = True
             handler.cancel()

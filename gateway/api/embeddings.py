@@ -1,24 +1,30 @@
-"""``POST /v1/embeddings``."""
+"""``POST /v1/embeddings``: a plain-ASGI route (see :mod:`gateway.api.asgi` for why)."""
 
 from __future__ import annotations
 
-from litestar import Controller, Request, Response, post
+from typing import TYPE_CHECKING
 
+from litestar import asgi
+from litestar.handlers import ASGIRouteHandler
+
+from gateway.api.asgi import headers_of, read_body, require_post, send_json
 from gateway.api.disconnect import unless_disconnected
-from gateway.api.middleware import record_of
-from gateway.services.embeddings import EmbeddingsService
+from gateway.api.middleware import record_in
+from gateway.services.embeddings import PATH, EmbeddingsService
+
+if TYPE_CHECKING:
+    from litestar.types import Receive, Scope, Send
 
 
-class EmbeddingsController(Controller):
-    """OpenAI embeddings (float or base64)."""
+def embeddings_route(embeddings: EmbeddingsService, max_body: int) -> ASGIRouteHandler:
+    """The route handler relaying embeddings requests (float or base64) to the engines."""
 
-    path = "/v1/embeddings"
+    @asgi(PATH, copy_scope=False, name="embeddings")
+    async def create_embeddings(scope: Scope, receive: Receive, send: Send) -> None:
+        require_post(scope)
+        record = record_in(scope)
+        body = await read_body(scope, receive, max_body)
+        answer = await unless_disconnected(receive, embeddings.embed(body, record, headers_of(scope)))
+        await send_json(send, answer)
 
-    @post(status_code=200)
-    async def create(self, request: Request, embeddings: EmbeddingsService) -> Response[bytes]:
-        """Relay an embeddings request to the model's engine."""
-        record = record_of(request)
-        assert record is not None
-        body = await request.body()
-        answer = await unless_disconnected(request, embeddings.embed(body, record, request.headers))
-        return Response(answer, media_type="application/json")
+    return create_embeddings

@@ -24,12 +24,27 @@ _REQUEST_ID = b"x-request-id"
 _REPLICA = b"x-offload-replica"
 _MODEL = b"x-offload-model"
 _VERSION = b"x-offload-version"
+_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models"})
 _log = structlog.get_logger("offload.access")
 
 
 def record_of(request: Request) -> RequestRecord | None:
     """The record the middleware attached to this request, if any."""
     return request.scope.get(_SCOPE_KEY)  # type: ignore[return-value]
+
+
+def record_in(scope: Scope) -> RequestRecord:
+    """The record of a ``/v1/`` request (the middleware attaches one to every such request)."""
+    return scope[_SCOPE_KEY]  # type: ignore[literal-required,no-any-return]
+
+
+def endpoint_of(path: str) -> str:
+    """The endpoint label of a path: one of a bounded set (metrics must not take client input)."""
+    if path in _ENDPOINTS:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    return "other"
 
 
 def _request_id(scope: Scope) -> str:
@@ -54,7 +69,7 @@ class AccessMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self._app(scope, receive, send)  # probes and scrapes: no record, no log line
             return
-        record = RequestRecord(request_id=_request_id(scope), route=scope["path"])
+        record = RequestRecord(request_id=_request_id(scope), route=endpoint_of(scope["path"]))
         scope[_SCOPE_KEY] = record  # type: ignore[literal-required]
 
         async def send_wrapper(message: Message) -> None:

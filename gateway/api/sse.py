@@ -10,8 +10,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-MEDIA_TYPE = "text/event-stream"
+RESPONSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # tells nginx-style proxies not to buffer the stream
+]
+"""The ASGI response headers of a stream."""
 PING = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"
 

@@ -25,7 +25,7 @@ async def test_returns_the_result_when_the_work_finishes_first() -> None:
     async def work() -> str:
         return "answer"
 
-    assert await unless_disconnected(FakeRequest(None), work()) == "answer"  # type: ignore[arg-type]
+    assert await unless_disconnected(FakeRequest(None).receive, work()) == "answer"  # type: ignore[arg-type]
 
 
 async def test_work_errors_propagate_unchanged() -> None:
@@ -33,7 +33,7 @@ async def test_work_errors_propagate_unchanged() -> None:
         raise ValueError("engine said no")
 
     with pytest.raises(ValueError, match="engine said no"):
-        await unless_disconnected(FakeRequest(None), work())  # type: ignore[arg-type]
+        await unless_disconnected(FakeRequest(None).receive, work())  # type: ignore[arg-type]
 
 
 async def test_a_disconnect_cancels_the_work_and_raises_client_disconnected() -> None:
@@ -47,7 +47,7 @@ async def test_a_disconnect_cancels_the_work_and_raises_client_disconnected() ->
             raise
 
     with pytest.raises(ClientDisconnected) as info:
-        await unless_disconnected(FakeRequest(0.01), work())  # type: ignore[arg-type]
+        await unless_disconnected(FakeRequest(0.01).receive, work())  # type: ignore[arg-type]
 
     assert cancelled.is_set()
     assert info.value.status == 499
@@ -69,7 +69,7 @@ async def test_other_request_messages_do_not_count_as_a_disconnect() -> None:
         await asyncio.sleep(0.02)
         return "done"
 
-    assert await unless_disconnected(ChattyRequest(), work()) == "done"  # type: ignore[arg-type]
+    assert await unless_disconnected(ChattyRequest().receive, work()) == "done"  # type: ignore[arg-type]
 
 
 async def test_cancelling_the_caller_propagates_cancelled_error() -> None:
@@ -82,7 +82,7 @@ async def test_cancelling_the_caller_propagates_cancelled_error() -> None:
             work_cancelled.set()
             raise
 
-    caller = asyncio.ensure_future(unless_disconnected(FakeRequest(None), work()))  # type: ignore[arg-type]
+    caller = asyncio.ensure_future(unless_disconnected(FakeRequest(None).receive, work()))  # type: ignore[arg-type]
     await asyncio.sleep(0.01)
     caller.cancel()
 

@@ -95,6 +95,7 @@ async def test_a_source_error_propagates_without_done() -> None:
 
 
 def test_headers_disable_caching_and_proxy_buffering() -> None:
-    assert sse.MEDIA_TYPE == "text/event-stream"
-    assert sse.HEADERS["Cache-Control"] == "no-cache"
-    assert sse.HEADERS["X-Accel-Buffering"] == "no"
+    headers = dict(sse.RESPONSE_HEADERS)
+    assert headers[b"content-type"].startswith(b"text/event-stream")
+    assert headers[b"cache-control"] == b"no-cache"
+    assert headers[b"x-accel-buffering"] == b"no"

@@ -1,0 +1,83 @@
+"""Plain-ASGI plumbing for the hot routes (``/v1/chat/completions``, ``/v1/embeddings``).
+
+Those two routes are Litestar ``asgi`` handlers: Litestar's router, our middleware and the exception
+handlers still apply, but there is no signature model, dependency injection, task group or response
+object per request. Measured on 2 cores that machinery was about a third of the gateway's CPU per
+request (``benchmarks/README.md``); what replaces it is this module: read the body, send the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from typing import TYPE_CHECKING
+
+from gateway.api.disconnect import ClientDisconnected, unless_disconnected
+from gateway.services.errors import MethodNotAllowedError, RequestTooLargeError
+
+if TYPE_CHECKING:
+    from litestar.types import Receive, Scope, Send
+
+JSON = [(b"content-type", b"application/json")]
+_TOO_LARGE = "The request body is too large."
+
+
+def require_post(scope: Scope) -> None:
+    """Routes of this kind answer POST only (Litestar's router does not check for ASGI handlers)."""
+    if scope["method"] != "POST":
+        raise MethodNotAllowedError(f"Method {scope['method']} is not allowed for {scope['path']}.")
+
+
+def headers_of(scope: Scope) -> dict[str, str]:
+    """The request headers by lower-case name (a repeated header keeps its last value)."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body; :class:`RequestTooLargeError` (413) past ``limit`` bytes, checked on
+    the declared length first so that an oversized body is refused before it is read."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise RequestTooLargeError(_TOO_LARGE)
+            break
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body  # the usual case: one message
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("The client disconnected.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLargeError(_TOO_LARGE)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def send_json(send: Send, body: bytes) -> None:
+    """A 200 ``application/json`` answer in two ASGI messages."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [*JSON, (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_stream(send: Send, receive: Receive, headers: list[tuple[bytes, bytes]],
+                      chunks: AsyncIterable[bytes]) -> bool:  # fmt: skip
+    """Send a 200 response made of ``chunks`` as they come. Returns False when the client left first
+    (the relay is then cancelled at once, wherever it waits: the caller frees the engine)."""
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def relay() -> None:
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    try:
+        await unless_disconnected(receive, relay())
+    except ClientDisconnected:
+        return False
+    return True
