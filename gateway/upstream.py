@@ -17,9 +17,11 @@ import aiohttp
 
 from gateway.services.errors import EngineError, EngineTimeoutError, EngineUnavailableError
 from gateway.settings import UpstreamSettings
+from gateway.silence import Silent, SilenceWatch
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _DONE = b"[DONE]"
+_DRAIN_TIMEOUT = 1.0
 KEEPALIVE = b""
 """Yielded by :class:`EventStream` while the engine is silent: time for an SSE keep-alive comment."""
 
@@ -57,7 +59,7 @@ class EventStream:
         self._response = response
         self._idle_timeout = idle_timeout
         # Every `keepalive` seconds of engine silence the stream yields KEEPALIVE (b""), so the
-        # transport can send an SSE comment: the read's own timeout does it, no extra task per event.
+        # transport can send an SSE comment: one timer per stream does it, nothing per event.
         self._wait = min(keepalive, idle_timeout) if keepalive else idle_timeout
         self.finished = False
 
@@ -65,12 +67,12 @@ class EventStream:
         buffer = b""
         content = self._response.content
         silent = 0.0
+        watch = SilenceWatch(self._wait)
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self._wait):
-                        chunk = await content.readany()  # a timeout leaves buffered data in place
-                except TimeoutError:
+                    chunk = await watch.read(content.readany())
+                except Silent:
                     silent += self._wait
                     if silent >= self._idle_timeout:
                         raise EngineError("the engine stopped sending while streaming") from None
@@ -95,14 +97,41 @@ class EventStream:
                             yield payload
         except aiohttp.ClientError:
             raise EngineError("the engine connection broke while streaming") from None
+        finally:
+            watch.stop()
         raise EngineError("the engine ended the stream early")
 
+    def local_port(self) -> int | None:
+        """The gateway side's port of the engine connection (tells connections apart)."""
+        connection = self._response.connection
+        transport = connection.transport if connection is not None else None
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        return sockname[1] if sockname else None
+
     def close(self) -> None:
-        """Drop the connection (aborts the engine's work if the stream is not finished)."""
-        if self.finished:
-            self._response.release()
-        else:
+        """Drop the connection unless the stream finished (aborts the engine's unfinished work).
+        A finished stream's connection is returned to the pool by :meth:`aclose`."""
+        if not self.finished:
             self._response.close()
+
+    async def aclose(self) -> None:
+        """Release the connection: back to the pool when the stream finished, else dropped.
+
+        After ``[DONE]`` the engine still sends the end of the chunked body; reading it here (after
+        the client has its answer) is what lets the pool reuse the connection instead of opening a
+        new one per stream.
+        """
+        if not self.finished:
+            self._response.close()
+            return
+        try:
+            async with asyncio.timeout(_DRAIN_TIMEOUT):
+                while await self._response.content.readany():
+                    pass  # only the body's end is expected; anything more is discarded
+        except BaseException:
+            self._response.close()
+            raise
+        self._response.release()
 
 
 class Upstream:

@@ -219,10 +219,12 @@ class ChatStream:
         try:
             await self._events.aclose()
         finally:
-            self._upstream.close()
-            if self._on_close is not None:
-                self._on_close, on_close = None, self._on_close
-                on_close()
+            try:
+                await self._upstream.aclose()
+            finally:
+                if self._on_close is not None:
+                    self._on_close, on_close = None, self._on_close
+                    on_close()
 
 
 def _in_band(error: GatewayError) -> bytes:

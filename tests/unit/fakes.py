@@ -99,6 +99,9 @@ class FakeEventStream(EventStream):
     def close(self) -> None:
         self.close_calls += 1
 
+    async def aclose(self) -> None:
+        self.close_calls += 1
+
 
 class FakeUpstream:
     """Shaped like :class:`gateway.upstream.Upstream`: records what was sent, answers as told.

@@ -107,16 +107,27 @@ async def test_event_stream_broken_connection_is_an_engine_error() -> None:
         await read_all(stream)
 
 
-async def test_close_releases_a_finished_stream_and_drops_an_unfinished_one() -> None:
+async def test_aclose_releases_a_finished_stream_and_drops_an_unfinished_one() -> None:
     finished, finished_response = event_stream([b"data: [DONE]\n\n"])
     await read_all(finished)
     unfinished, unfinished_response = event_stream([b'data: {"a":1}\n\n'])
 
-    finished.close()
+    finished.close()  # a no-op once finished: the connection goes back to the pool in aclose
     unfinished.close()
+    await finished.aclose()
 
     assert (finished_response.released, finished_response.closed) == (True, False)
     assert (unfinished_response.released, unfinished_response.closed) == (False, True)
+
+
+async def test_aclose_drops_a_finished_stream_whose_engine_keeps_the_body_open() -> None:
+    finished, response = event_stream([b"data: [DONE]\n\n", None])  # None: silence after [DONE]
+    await read_all(finished)
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(finished.aclose(), 0.05)  # aclose's own drain limit is longer
+
+    assert response.closed and not response.released
 
 
 # --- real HTTP on loopback -----------------------------------------------------------------------
@@ -142,6 +153,7 @@ async def engine() -> AsyncIterator[str]:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(b'data: {"n":1}\n\ndata: [DONE]\n\n')
+        await asyncio.sleep(0.02)  # the body's end comes later, as from a busy engine
         return response
 
     app = web.Application()
@@ -196,6 +208,18 @@ async def test_open_stream_returns_an_event_stream_on_200(engine: str, upstream:
         assert await read_all(stream) == [b'{"n":1}']
     finally:
         stream.close()
+
+
+async def test_finished_streams_reuse_one_engine_connection(engine: str, upstream: Upstream) -> None:
+    peers: set[int] = set()
+    for _ in range(3):
+        stream = await upstream.open_stream(engine, "/v1/chat/completions", b'{"stream": true}')
+        assert isinstance(stream, EventStream)
+        assert await read_all(stream) == [b'{"n":1}']
+        peers.add(stream.local_port())
+        await stream.aclose()
+
+    assert len(peers) == 1  # one keep-alive connection, not one per stream
 
 
 async def test_open_stream_returns_a_complete_reply_on_an_error_status(
