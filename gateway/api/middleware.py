@@ -5,7 +5,7 @@ A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which would delay c
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from typing import TYPE_CHECKING
 
 import structlog
@@ -54,7 +54,7 @@ def _request_id(scope: Scope) -> str:
             text = value.decode("latin-1")[:128]
             if text.isprintable():
                 return text
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 class AccessMiddleware:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from gateway.metrics import Metrics
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from gateway.metrics import GapHistogram, Metrics
 from gateway.services.accounting import RequestRecord
 from tests.unit.samples import metric_total
 
@@ -89,3 +91,22 @@ def test_each_metrics_object_has_its_own_registry() -> None:
 
     assert metric_total(first, "offload_requests_total", endpoint="/v1/models") == 1
     assert metric_total(second, "offload_requests_total", endpoint="/v1/models") is None
+
+
+def test_gap_histogram_exposes_what_a_prometheus_histogram_would() -> None:
+    metrics = Metrics()
+    reference_registry = CollectorRegistry()
+    bounds = (0.001, 0.01, 0.1)
+    reference = Histogram("gaps", "g", ["model"], buckets=bounds, registry=reference_registry)
+    mine_registry = CollectorRegistry()
+    mine = GapHistogram("gaps", "g", ["model"], bounds, registry=mine_registry)
+    for gap in (0.0005, 0.001, 0.01, 0.05, 0.05, 2.0):  # on a bound counts in that bucket, as Prometheus does
+        reference.labels("chat").observe(gap)
+        mine.labels("chat").observe(gap)
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        return sorted(line for line in generate_latest(registry).decode().splitlines()
+                      if line.startswith("gaps_") and "_created" not in line)
+
+    assert samples(mine_registry) == samples(reference_registry)
+    assert metric_total(metrics, "offload_inter_token_latency_seconds_count") is None  # nothing observed yet
