@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import yarl
 
 from gateway.services.errors import EngineError, EngineTimeoutError, EngineUnavailableError
 from gateway.settings import UpstreamSettings
@@ -22,6 +23,7 @@ from gateway.silence import Silent, SilenceWatch
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _DONE = b"[DONE]"
 _DRAIN_TIMEOUT = 1.0
+_MAX_URLS = 1024
 KEEPALIVE = b""
 """Yielded by :class:`EventStream` while the engine is silent: time for an SSE keep-alive comment."""
 
@@ -140,6 +142,7 @@ class Upstream:
     def __init__(self, settings: UpstreamSettings) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, str], yarl.URL] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -156,6 +159,15 @@ class Upstream:
             )
         return self._session
 
+    def _url(self, base_url: str, path: str) -> yarl.URL:
+        """The parsed URL of an engine call, parsed once (aiohttp would parse the string per call)."""
+        url = self._urls.get((base_url, path))
+        if url is None:
+            if len(self._urls) > _MAX_URLS:  # replicas come and go with reloads and DNS: stay bounded
+                self._urls.clear()
+            url = self._urls[(base_url, path)] = yarl.URL(base_url + path)
+        return url
+
     async def close(self) -> None:
         """Close the pool."""
         if self._session is not None:
@@ -170,7 +182,7 @@ class Upstream:
         try:
             async with asyncio.timeout(self._settings.request_timeout):
                 async with self.session.post(
-                    base_url + path, data=body, headers=_JSON_HEADERS
+                    self._url(base_url, path), data=body, headers=_JSON_HEADERS
                 ) as response:
                     try:
                         data = await response.read()
@@ -190,7 +202,7 @@ class Upstream:
         :class:`UpstreamReply`; a 200 as an :class:`EventStream` the caller must ``close()``."""
         try:
             async with asyncio.timeout(self._settings.request_timeout):
-                response = await self.session.post(base_url + path, data=body, headers=_JSON_HEADERS)
+                response = await self.session.post(self._url(base_url, path), data=body, headers=_JSON_HEADERS)
                 if response.status != 200:
                     try:
                         return UpstreamReply(response.status, await response.read())
