@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -64,13 +65,23 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
 
-        self._finished: dict[tuple[object, ...], tuple[Any, Any, Any, Any]] = {}
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once per label set (``labels`` costs microseconds,
+        and the hot path needs several per request). Label values are configured names, status
+        codes and error kinds: a bounded set."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def begin(self, record: RequestRecord) -> None:
         """A request for a configured model started being served."""
         if not record.in_flight and record.routed_model is not None:
             record.in_flight = True
-            self.in_flight.labels(record.routed_model).inc()
+            self.child(self.in_flight, record.routed_model).inc()
 
     def finish(self, record: RequestRecord) -> None:
         """Count a finished request (any outcome)."""
@@ -79,25 +90,16 @@ class Metrics:
         endpoint = record.route or "other"
         if record.in_flight:
             record.in_flight = False
-            self.in_flight.labels(model).dec()
-        key = (endpoint, *served, record.status)
-        children = self._finished.get(key)
-        if children is None:  # label lookups cost microseconds each: once per label set
-            children = self._finished[key] = (
-                self.requests.labels(endpoint, *served, str(record.status)),
-                self.latency.labels(endpoint, *served),
-                self.prompt_tokens.labels(*served),
-                self.completion_tokens.labels(*served),
-            )
-        requests, latency, prompt_tokens, completion_tokens = children
-        requests.inc()
-        latency.observe(record.elapsed())
+            self.child(self.in_flight, model).dec()
+        child = self.child
+        child(self.requests, endpoint, *served, str(record.status)).inc()
+        child(self.latency, endpoint, *served).observe(record.elapsed())
         if record.error_type is not None:
-            self.errors.labels(endpoint, *served, record.error_type).inc()
+            child(self.errors, endpoint, *served, record.error_type).inc()
         if record.prompt_tokens:
-            prompt_tokens.inc(record.prompt_tokens)
+            child(self.prompt_tokens, *served).inc(record.prompt_tokens)
         if record.completion_tokens:
-            completion_tokens.inc(record.completion_tokens)
+            child(self.completion_tokens, *served).inc(record.completion_tokens)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -176,7 +176,7 @@ class ChatService:
                 now = time.perf_counter()
                 if record.ttft_s is None:
                     record.ttft_s = now - record.started
-                    self._metrics.ttft.labels(*labels).observe(record.ttft_s)
+                    self._metrics.child(self._metrics.ttft, *labels).observe(record.ttft_s)
                 else:
                     itl.observe(now - last)
                 last = now

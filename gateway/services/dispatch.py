@@ -112,7 +112,7 @@ class Dispatcher:
         record.routed_model = route.model
         record.version = choice.version.label
         self._metrics.begin(record)
-        self._metrics.decisions.labels(route.model, choice.version.label, choice.reason).inc()
+        self._metrics.child(self._metrics.decisions, route.model, choice.version.label, choice.reason).inc()
         return route, choice
 
     def _policy(self, version: Version) -> ReplicaPolicy:
@@ -135,7 +135,7 @@ class Dispatcher:
             replicas = self.health.healthy(candidate.replicas, exclude)
             if replicas:
                 if candidate is not version:
-                    self._metrics.decisions.labels(route.model, candidate.label, "fallback").inc()
+                    self._metrics.child(self._metrics.decisions, route.model, candidate.label, "fallback").inc()
                     record.version = candidate.label
                 replica = self._policy(candidate).choose(replicas, key)
                 record.replica = replica.id
