@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from benchmarks import overhead_report as report
-from benchmarks import peers
+from benchmarks import peers, readme
 from benchmarks.load import Dist, LoadConfig, run_load
 from benchmarks.procstat import cpu_seconds, peak_rss_mb
 
@@ -384,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / f"{name}.md").write_text(report.markdown(summary, meta))
     plotted = report.plot(summary, RESULTS / f"{name}.png")
     _say(f"wrote {RESULTS}/{name}.json, .md{', .png' if plotted else ''} in {meta['wall_s']:.0f} s")
+    if args.out is None and args.rounds is None and args.seconds is None:  # a standard run: the README shows it
+        readme.update_section(name, report.readme_summary(summary, meta))
     print(report.headline(summary))
     return 0
 

@@ -114,6 +114,11 @@ def _goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for label, key, metric, limit in GOALS:
         value = summary["scenarios"].get(key, {}).get(OFFLOAD, {}).get(metric)
         goals.append({"goal": label, "value": value, "ok": value is not None and value <= limit})
+    s64 = summary["scenarios"].get("s64", {})
+    mine, floor = s64.get(OFFLOAD, {}).get("rps"), s64.get(FLOOR, {}).get("rps")
+    share = mine / floor if mine and floor else None
+    goals.append({"goal": "streams/s @64 streams >= 0.98x direct", "value": share,
+                  "ok": share is not None and share >= 0.98})
     rss = summary["peak_rss_mb"].get(OFFLOAD)
     goals.append({"goal": "peak RSS <= 150 MB", "value": rss, "ok": rss is not None and rss <= 150})
     lite = summary["ratios"].get("litellm", {}).get("ns1", {}).get("cpu_per_req")
@@ -288,3 +293,48 @@ def plot(summary: dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def readme_summary(summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The compact table of ``benchmarks/README.md``: each target's key numbers, Offload's ratios, goals."""
+    s, names = summary["scenarios"], summary["targets"]
+    versions = {name: t["version"] for name, t in meta["targets"].items()}
+    head = " | ".join(n if n != FLOOR else "sim (floor)" for n in names)
+    lines = [
+        f"{meta['mode'].capitalize()} run, {meta['started_at']}, {meta['machine']['cpus']} CPUs, load average "
+        f"{meta['machine']['loadavg_start'][0]:.1f} at the start and {meta['machine']['loadavg_end'][0]:.1f} at "
+        f"the end; {meta['plan']['rounds']} interleaved rounds of {meta['plan']['seconds']} s. Absolute values "
+        "for the floor, added values (target minus floor, same round) for the gateways. Versions: "
+        + ", ".join(f"{n} {versions[n]}" for n in names if n != FLOOR and n in versions) + ".",
+        "", f"| | {head} |", "|---" * (len(names) + 1) + "|",
+    ]
+
+    def row(label: str, key: str, metric: str, floor_metric: str | None, digits: int = 2) -> None:
+        cells = []
+        for n in names:
+            r = s.get(key, {}).get(n, {})
+            if n == FLOOR:
+                cells.append(_f(r.get(floor_metric), digits) if floor_metric else "-")
+            else:
+                cells.append(_f(r.get(metric), digits, metric.startswith("added")))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("latency p50 @1 client (ms)", "ns1", "added_latency_p50_ms", "latency_p50_ms")
+    row("latency p99 @1 client (ms)", "ns1", "added_latency_p99_ms", "latency_p99_ms")
+    for key, label in (("ns1", "1"), ("ns10", "10"), ("ns64", "64")):
+        row(f"gateway CPU per request @{label} client{'s' if label != '1' else ''} (ms)", key, "cpu_ms_per_req",
+            None, 3)
+    row("TTFT p50 @10 streams (ms)", "s10", "added_ttft_p50_ms", "ttft_p50_ms")
+    row("inter-token gap p99 @64 streams (ms)", "s64", "added_itl_p99_ms", "itl_p99_ms")
+    row("gateway CPU per stream @10 streams (ms)", "s10", "cpu_ms_per_req", None)
+    row("gateway CPU per stream @64 streams (ms)", "s64", "cpu_ms_per_req", None)
+    lines.append("| max req/s (ramp) | " + " | ".join(
+        _f(summary["ramp"].get(n, {}).get("max_rps"), 0) for n in names) + " |")
+    lines.append("| peak RSS (MB) | " + " | ".join(_f(summary["peak_rss_mb"].get(n), 0) for n in names) + " |")
+    for peer, per in summary["ratios"].items():
+        lines.append(f"\nOffload / {peer}: CPU per request {_times(per.get('ns1', {}).get('cpu_per_req'))} at 1 "
+                     f"client, {_times(per.get('ns64', {}).get('cpu_per_req'))} at 64; CPU per stream "
+                     f"{_times(per.get('s64', {}).get('cpu_per_req'))} at 64 streams.")
+    lines += ["", "| Offload's goal | measured | met |", "| --- | --- | --- |"]
+    lines += [f"| {g['goal']} | {_f(g['value'], 3)} | {'yes' if g['ok'] else '**no**'} |" for g in summary["goals"]]
+    return "\n".join(lines)

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks import readme
 from benchmarks.client import RequestRecord, chat_body, json_headers, send
 from benchmarks.stats import distribution
 from engines.supervisor import Supervisor
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
               f"p90 {ratios['ttft_p90_rr_over_affinity']:.2f}x; throughput affinity / round robin "
               f"{ratios['throughput_affinity_over_rr']:.2f}x."]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    if args.out == RESULTS / "prefix_affinity":  # the standard run: the README shows it
+        readme.update_section("prefix_affinity", "\n".join(lines))
     print("\n".join(lines))
     return 0
 

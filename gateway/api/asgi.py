@@ -8,8 +8,8 @@ request (``benchmarks/README.md``); what replaces it is this module: read the bo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from gateway.api.disconnect import ClientDisconnected, unless_disconnected
 from gateway.services.errors import MethodNotAllowedError, RequestTooLargeError
@@ -27,9 +27,33 @@ def require_post(scope: Scope) -> None:
         raise MethodNotAllowedError(f"Method {scope['method']} is not allowed for {scope['path']}.")
 
 
-def headers_of(scope: Scope) -> dict[str, str]:
-    """The request headers by lower-case name (a repeated header keeps its last value)."""
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+class ScopeHeaders(Mapping[str, str]):
+    """The request headers by case-insensitive name, read from the ASGI scope only when asked
+    (a request looks at one header at most: the session header). A repeated header: its first value."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, scope: Scope) -> None:
+        self._raw: list[tuple[bytes, bytes]] = scope["headers"]
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        key = name.lower().encode("latin-1")
+        for raw_name, value in self._raw:
+            if raw_name == key:
+                return value.decode("latin-1")
+        return default
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name.decode("latin-1") for name, _ in self._raw))
+
+    def __len__(self) -> int:
+        return len({name for name, _ in self._raw})
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

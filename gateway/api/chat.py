@@ -8,7 +8,7 @@ from litestar import asgi
 from litestar.handlers import ASGIRouteHandler
 
 from gateway.api import sse
-from gateway.api.asgi import headers_of, read_body, require_post, send_json, send_stream
+from gateway.api.asgi import ScopeHeaders, read_body, require_post, send_json, send_stream
 from gateway.api.disconnect import unless_disconnected
 from gateway.api.middleware import record_in
 from gateway.services.chat import PATH, ChatService, ChatStream
@@ -28,7 +28,7 @@ def chat_route(chat: ChatService, keepalive: float, max_body: int) -> ASGIRouteH
         require_post(scope)
         record = record_in(scope)
         data, parsed = chat.prepare(await read_body(scope, receive, max_body), record)
-        headers = headers_of(scope)
+        headers = ScopeHeaders(scope)
         if not parsed.stream:
             answer = await unless_disconnected(receive, chat.complete(data, parsed, record, headers))
             await send_json(send, answer)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from litestar import asgi
 from litestar.handlers import ASGIRouteHandler
 
-from gateway.api.asgi import headers_of, read_body, require_post, send_json
+from gateway.api.asgi import ScopeHeaders, read_body, require_post, send_json
 from gateway.api.disconnect import unless_disconnected
 from gateway.api.middleware import record_in
 from gateway.services.embeddings import PATH, EmbeddingsService
@@ -24,7 +24,7 @@ def embeddings_route(embeddings: EmbeddingsService, max_body: int) -> ASGIRouteH
         require_post(scope)
         record = record_in(scope)
         body = await read_body(scope, receive, max_body)
-        answer = await unless_disconnected(receive, embeddings.embed(body, record, headers_of(scope)))
+        answer = await unless_disconnected(receive, embeddings.embed(body, record, ScopeHeaders(scope)))
         await send_json(send, answer)
 
     return create_embeddings

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.api.asgi import read_body, send_stream
+from gateway.api.asgi import ScopeHeaders, read_body, send_stream
 from gateway.api.disconnect import ClientDisconnected
 from gateway.services.errors import RequestTooLargeError
 
@@ -104,3 +104,14 @@ async def test_a_finished_stream_ends_with_a_final_empty_message() -> None:
     assert await send_stream(send, receiver(), [(b"x", b"y")], chunks()) is True
     assert [m.get("body") for m in sent[1:]] == [b"a", b"b", b""]
     assert sent[-1]["more_body"] is False
+
+
+def test_scope_headers_are_case_insensitive_and_read_on_demand() -> None:
+    headers = ScopeHeaders(scope([(b"x-session-id", b"abc"), (b"content-type", b"application/json")]))
+
+    assert headers.get("X-Session-Id") == "abc"
+    assert headers["content-type"] == "application/json"
+    assert headers.get("x-missing") is None and headers.get("x-missing", "d") == "d"
+    assert set(headers) == {"x-session-id", "content-type"} and len(headers) == 2
+    with pytest.raises(KeyError):
+        headers["x-missing"]
