@@ -89,7 +89,9 @@ def create_app(
 
     app = Litestar(
         route_handlers=[
-            chat_route(ChatService(dispatcher, upstream, metrics, shadows), settings.upstream.keepalive_interval, max_body),
+            chat_route(
+                ChatService(dispatcher, upstream, metrics, shadows), settings.upstream.keepalive_interval, max_body
+            ),
             embeddings_route(EmbeddingsService(dispatcher, upstream), max_body),
             ModelsController, OpsController, EnginesController,
         ],

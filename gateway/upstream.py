@@ -18,7 +18,7 @@ import yarl
 
 from gateway.services.errors import EngineError, EngineTimeoutError, EngineUnavailableError
 from gateway.settings import UpstreamSettings
-from gateway.silence import Silent, SilenceWatch
+from gateway.silence import SilenceWatch, Silent
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _DONE = b"[DONE]"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.silence import Silent, SilenceWatch
+from gateway.silence import SilenceWatch, Silent
 
 
 async def test_a_read_that_gets_data_in_time_returns_it() -> None:
