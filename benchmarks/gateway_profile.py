@@ -36,7 +36,8 @@ from benchmarks.load import Dist, LoadConfig, run_load
 from benchmarks.procstat import cpu_seconds
 
 RESULTS = Path(__file__).parent / "results"
-SCENARIOS = (("ns1", "non-streaming, 1 client", False, 1), ("s64", "streaming, 64 streams", True, 64))
+SCENARIOS = (("ns1", "non-streaming, 1 client", False, 1), ("s10", "streaming, 10 streams", True, 10),
+             ("s64", "streaming, 64 streams", True, 64))
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _COMPONENTS = {  # first path segment of the innermost frame's file -> component
     "gateway": "gateway (Offload's own code)",
@@ -185,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=250, help="samples per second")
     p.add_argument("--native", action="store_true", help="include C frames (uvloop, orjson, pydantic-core)")
     p.add_argument("--access-log", action="store_true", help="profile with the per-request log line on")
+    p.add_argument("--scenarios", default="ns1,s64", help=f"comma-separated, from {', '.join(s[0] for s in SCENARIOS)}")
     args = p.parse_args(argv)
+    chosen = [s for s in SCENARIOS if s[0] in args.scenarios.split(",")]
+    if not chosen:
+        p.error("--scenarios: none of " + ", ".join(s[0] for s in SCENARIOS))
     if not 1 <= args.seconds <= 300:
         p.error("--seconds must be 1..300")
     spy = find_py_spy()
@@ -207,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             for s in (fast, stream):
                 s.wait_ready()
             gateway.start().wait_ready()
-            for _, _, is_stream, concurrency in SCENARIOS:  # warm up
+            for _, _, is_stream, concurrency in chosen:  # warm up
                 asyncio.run(_load(gateway.base_url, is_stream, concurrency, 1.0))
-            for key, label, is_stream, concurrency in SCENARIOS:
+            for key, label, is_stream, concurrency in chosen:
                 out = RESULTS / f"profile-{key}.txt"
                 cmd = [spy, "record", "--pid", str(gateway.pid), "--rate", str(args.rate), "--format", "raw",
                        "--duration", str(int(args.seconds)), "--output", str(out)]

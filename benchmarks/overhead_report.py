@@ -305,7 +305,8 @@ def readme_summary(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['machine']['loadavg_start'][0]:.1f} at the start and {meta['machine']['loadavg_end'][0]:.1f} at "
         f"the end; {meta['plan']['rounds']} interleaved rounds of {meta['plan']['seconds']} s. Absolute values "
         "for the floor, added values (target minus floor, same round) for the gateways. Versions: "
-        + ", ".join(f"{n} {versions[n]}" for n in names if n != FLOOR and n in versions) + ".",
+        + ", ".join(versions[n] if versions[n].startswith(n) else f"{n} {versions[n]}"
+                    for n in names if n != FLOOR and n in versions) + ".",
         "", f"| | {head} |", "|---" * (len(names) + 1) + "|",
     ]
 
