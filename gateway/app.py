@@ -16,6 +16,7 @@ from gateway.api.embeddings import embeddings_route
 from gateway.api.engines import EnginesController
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.health import OpsController
+from gateway.api.hot import HotRoutes
 from gateway.api.middleware import AccessMiddleware
 from gateway.api.models import ModelsController
 from gateway.config import OffloadConfig, load_config
@@ -87,14 +88,14 @@ def create_app(
             await shadows.close()
             await upstream.close()
 
+    hot = [
+        chat_route(
+            ChatService(dispatcher, upstream, metrics, shadows), settings.upstream.keepalive_interval, max_body
+        ),
+        embeddings_route(EmbeddingsService(dispatcher, upstream), max_body),
+    ]
     app = Litestar(
-        route_handlers=[
-            chat_route(
-                ChatService(dispatcher, upstream, metrics, shadows), settings.upstream.keepalive_interval, max_body
-            ),
-            embeddings_route(EmbeddingsService(dispatcher, upstream), max_body),
-            ModelsController, OpsController, EnginesController,
-        ],
+        route_handlers=[*hot, ModelsController, OpsController, EnginesController],
         dependencies={
             "dispatcher": _const(dispatcher),
             "metrics": _const(metrics),
@@ -108,6 +109,9 @@ def create_app(
         debug=False,
     )
     # Outside Litestar's router (its `middleware=` runs per matched route), so that requests no route
-    # matches (404, 405) also get a request id, a log line and metrics.
-    app.asgi_handler = AccessMiddleware(app.asgi_handler, metrics, settings.log.access)
+    # matches (404, 405) also get a request id, a log line and metrics; inside it, the hot routes skip
+    # Litestar's router and exception middleware (Litestar still has them, for other methods: 405).
+    app.asgi_handler = AccessMiddleware(
+        HotRoutes(app.asgi_handler, hot), metrics, settings.log.access
+    )
     return app

@@ -25,19 +25,24 @@ from gateway.services.errors import (
 _log = structlog.get_logger("offload.errors")
 
 
+def error_body(error: GatewayError) -> tuple[bytes, dict[str, str]]:
+    """The OpenAI-shaped JSON body of ``error`` and its extra headers (``Retry-After``)."""
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else {}
+    return error.to_response().model_dump_json().encode(), headers
+
+
+def unexpected(path: str, exc: BaseException) -> GatewayError:
+    """A bug: log it (without request content); the client gets a bare 500."""
+    _log.error("unhandled error", path=path, exc_info=exc)
+    return GatewayError("The server had an error while processing your request.")
+
+
 def _respond(request: Request, error: GatewayError) -> Response[bytes]:
-    headers: dict[str, str] = {}
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(error.retry_after)
     record = record_of(request)
     if record is not None:
         record.error_type = error.code
-    return Response(
-        error.to_response().model_dump_json().encode(),
-        status_code=error.status,
-        media_type="application/json",
-        headers=headers,
-    )
+    body, headers = error_body(error)
+    return Response(body, status_code=error.status, media_type="application/json", headers=headers)
 
 
 def _gateway_error(request: Request, exc: Exception) -> Response[bytes]:
@@ -65,9 +70,7 @@ def _http_exception(request: Request, exc: Exception) -> Response[bytes]:
 
 
 def _unexpected(request: Request, exc: Exception) -> Response[bytes]:
-    """A bug: log it (without request content) and answer a bare 500."""
-    _log.error("unhandled error", path=request.url.path, exc_info=exc)
-    return _respond(request, GatewayError("The server had an error while processing your request."))
+    return _respond(request, unexpected(request.url.path, exc))
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
