@@ -1,9 +1,9 @@
 """Plain-ASGI plumbing for the hot routes (``/v1/chat/completions``, ``/v1/embeddings``).
 
-Those two routes are Litestar ``asgi`` handlers: Litestar's router, our middleware and the exception
-handlers still apply, but there is no signature model, dependency injection, task group or response
-object per request. Measured on 2 cores that machinery was about a third of the gateway's CPU per
-request (``benchmarks/README.md``); what replaces it is this module: read the body, send the answer.
+Those two routes are plain ASGI handlers (registered as Litestar ``asgi`` routes; POST is served by
+:mod:`gateway.api.hot` before Litestar's router): no signature model, dependency injection, task group
+or response object per request. Measured on 2 cores that machinery was about a third of the gateway's
+CPU per request (``benchmarks/README.md``); what replaces it is this module: read the body, send the answer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _TOO_LARGE = "The request body is too large."
 
 
 def require_post(scope: Scope) -> None:
-    """Routes of this kind answer POST only (Litestar's router does not check for ASGI handlers)."""
+    """Routes of this kind answer POST only (Litestar's router does not check methods for ASGI handlers)."""
     if scope["method"] != "POST":
         raise MethodNotAllowedError(f"Method {scope['method']} is not allowed for {scope['path']}.")
 
