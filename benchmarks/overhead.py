@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from benchmarks import overhead_render as render
 from benchmarks import overhead_report as report
 from benchmarks import readme
 from benchmarks.overhead_bench import FULL, QUICK, SCENARIOS, STREAM_ITL, TOKENS, Bench, Plan, say
@@ -123,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     document = {"meta": meta, "summary": summary, "runs": bench.runs, "ramp_runs": bench.ramp_runs}
     (RESULTS / f"{name}.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-    (RESULTS / f"{name}.md").write_text(report.markdown(summary, meta))
-    plotted = report.plot(summary, RESULTS / f"{name}.png")
+    (RESULTS / f"{name}.md").write_text(render.markdown(summary, meta))
+    plotted = render.plot(summary, RESULTS / f"{name}.png")
     say(f"wrote {RESULTS}/{name}.json, .md{', .png' if plotted else ''} in {meta['wall_s']:.0f} s")
     if args.out is None and args.rounds is None and args.seconds is None:  # a standard run: the README shows it
-        readme.update_section(name, report.readme_summary(summary, meta))
-    print(report.headline(summary))
+        readme.update_section(name, render.readme_summary(summary, meta))
+    print(render.headline(summary))
     return 0
 
 

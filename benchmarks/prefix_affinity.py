@@ -33,7 +33,7 @@ from gateway.config import EngineConfig, LocalEngine, ModelConfig, OffloadConfig
 from gateway.settings import Settings
 from tests.integration.servers import GatewayProcess, engine_gauge, free_port
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = readme.RESULTS
 _WORDS = ("river stone market engine lantern harbor meadow signal copper garden winter orbit canvas "
           "thunder pilot velvet anchor summit ledger prism falcon ember quarry tide beacon saddle").split()
 
@@ -168,10 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Round robin / affinity: TTFT p50 {ratios['ttft_p50_rr_over_affinity']:.2f}x, "
               f"p90 {ratios['ttft_p90_rr_over_affinity']:.2f}x; throughput affinity / round robin "
               f"{ratios['throughput_affinity_over_rr']:.2f}x."]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    if args.out == RESULTS / "prefix_affinity":  # the standard run: the README shows it
-        readme.update_section("prefix_affinity", "\n".join(lines))
-    print("\n".join(lines))
+    print(readme.publish("prefix_affinity", args.out, lines))
     return 0
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 README = Path(__file__).parent / "README.md"
+RESULTS = Path(__file__).parent / "results"
 
 
-def update_section(name: str, text: str, readme: Path = README) -> bool:
-    """Replace section ``name`` of ``readme`` with ``text``; False (nothing written) without its markers."""
+def update_section(name: str, text: str, readme: Path | None = None) -> bool:
+    """Replace section ``name`` of ``readme`` (default: the benchmarks README) with ``text``; False
+    (nothing written) without its markers."""
+    readme = readme or README
     begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
     content = readme.read_text()
     start, stop = content.find(begin), content.find(end)
@@ -20,3 +23,13 @@ def update_section(name: str, text: str, readme: Path = README) -> bool:
         return False
     readme.write_text(content[: start + len(begin)] + "\n" + text.strip() + "\n" + content[stop:])
     return True
+
+
+def publish(name: str, out: Path, lines: list[str]) -> str:
+    """Write ``lines`` to ``out``.md; a standard run (``out`` is ``results/<name>``) also updates the
+    README's section ``name``. Returns the text."""
+    text = "\n".join(lines)
+    out.with_suffix(".md").write_text(text + "\n")
+    if out == RESULTS / name:
+        update_section(name, text)
+    return text

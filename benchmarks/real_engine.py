@@ -28,7 +28,7 @@ from gateway.config import EngineConfig, LocalEngine, ModelConfig, OffloadConfig
 from gateway.settings import Settings
 from tests.integration.servers import GatewayProcess, free_port
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = readme.RESULTS
 
 
 async def _measure(base_url: str, model: str, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = s["tokens_per_s_runs"]
         lines.append(f"\nTokens/s per run at {c} stream{'s' if c != 1 else ''}: direct {runs['direct']}, "
                      f"via Offload {runs['offload']}.")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    if args.out == RESULTS / "real_engine":  # the standard run: the README shows it
-        readme.update_section("real_engine", "\n".join(lines))
-    print("\n".join(lines))
+    print(readme.publish("real_engine", args.out, lines))
     return 0
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks import overhead_render as render
 from benchmarks import overhead_report as report
+from benchmarks import readme as readme_module
 from benchmarks.readme import update_section
 
 SCENARIOS = [("ns1", "non-streaming, 1 client"), ("s64", "streaming, 64 streams")]
@@ -43,7 +45,7 @@ def test_the_readme_section_is_replaced_between_its_markers_only(tmp_path: Path)
             "machine": {"cpus": 2, "loadavg_start": [1.0], "loadavg_end": [1.5]},
             "targets": {"sim": {"version": "floor"}, "offload": {"version": "0.1.0 (abc)"},
                         "vllm-router": {"version": "vllm-router 0.1.17"}}}
-    text = report.readme_summary(summary(), meta)
+    text = render.readme_summary(summary(), meta)
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- results:overhead:begin -->\nold table\n<!-- results:overhead:end -->\nafter\n")
 
@@ -55,3 +57,17 @@ def test_the_readme_section_is_replaced_between_its_markers_only(tmp_path: Path)
     assert "old table" not in written
     assert "| gateway CPU per request @1 client (ms) | - | 0.500 | 0.250 |" in written
     assert "vllm-router 0.1.17" in written
+
+
+def test_publish_updates_the_readme_only_for_the_standard_results_file(tmp_path: Path, monkeypatch: Any) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:demo:begin -->\nold\n<!-- results:demo:end -->\n")
+    monkeypatch.setattr(readme_module, "README", readme)
+    monkeypatch.setattr(readme_module, "RESULTS", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+
+    readme_module.publish("demo", tmp_path / "elsewhere", ["custom run"])
+    assert "old" in readme.read_text() and (tmp_path / "elsewhere.md").read_text() == "custom run\n"
+
+    readme_module.publish("demo", tmp_path / "results" / "demo", ["| table |"])
+    assert "| table |" in readme.read_text() and "old" not in readme.read_text()
