@@ -103,13 +103,6 @@ class EventStream:
             watch.stop()
         raise EngineError("the engine ended the stream early")
 
-    def local_port(self) -> int | None:
-        """The gateway side's port of the engine connection (tells connections apart)."""
-        connection = self._response.connection
-        transport = connection.transport if connection is not None else None
-        sockname = transport.get_extra_info("sockname") if transport is not None else None
-        return sockname[1] if sockname else None
-
     def close(self) -> None:
         """Drop the connection unless the stream finished (aborts the engine's unfinished work).
         A finished stream's connection is returned to the pool by :meth:`aclose`."""

@@ -133,14 +133,36 @@ async def test_aclose_drops_a_finished_stream_whose_engine_keeps_the_body_open()
 # --- real HTTP on loopback -----------------------------------------------------------------------
 
 
+class EngineLog:
+    """What the engine stand-in saw: the client port of each request, and requests whose client hung
+    up before the answer was complete (vLLM aborts those)."""
+
+    def __init__(self) -> None:
+        self.peer_ports: list[int] = []
+        self.abandoned = asyncio.Event()
+
+
 @pytest.fixture
-async def engine() -> AsyncIterator[str]:
+def engine_log() -> EngineLog:
+    return EngineLog()
+
+
+@pytest.fixture
+async def engine(engine_log: EngineLog) -> AsyncIterator[str]:
     """A tiny engine stand-in on a free loopback port."""
 
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="")
 
     async def chat(request: web.Request) -> web.StreamResponse:
+        engine_log.peer_ports.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+        try:
+            return await answer(request)
+        except (asyncio.CancelledError, ConnectionResetError):  # the client hung up
+            engine_log.abandoned.set()
+            raise
+
+    async def answer(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         if body.get("fail"):
             return web.json_response(
@@ -152,6 +174,10 @@ async def engine() -> AsyncIterator[str]:
             return web.json_response({"echo": body})
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if body.get("long"):  # one event every 10 ms for five seconds
+            for n in range(500):
+                await response.write(b'data: {"n":%d}\n\n' % n)
+                await asyncio.sleep(0.01)
         await response.write(b'data: {"n":1}\n\ndata: [DONE]\n\n')
         await asyncio.sleep(0.02)  # the body's end comes later, as from a busy engine
         return response
@@ -159,8 +185,9 @@ async def engine() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat)
-    # A short shutdown: the slow handler is cancelled instead of awaited at clean-up.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    # A short shutdown: the slow handler is cancelled instead of awaited at clean-up. Handlers are
+    # cancelled when their client hangs up, as vLLM aborts such requests.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -210,16 +237,43 @@ async def test_open_stream_returns_an_event_stream_on_200(engine: str, upstream:
         stream.close()
 
 
-async def test_finished_streams_reuse_one_engine_connection(engine: str, upstream: Upstream) -> None:
-    peers: set[int] = set()
+async def test_finished_streams_reuse_one_engine_connection(
+    engine: str, engine_log: EngineLog, upstream: Upstream
+) -> None:
     for _ in range(3):
         stream = await upstream.open_stream(engine, "/v1/chat/completions", b'{"stream": true}')
         assert isinstance(stream, EventStream)
         assert await read_all(stream) == [b'{"n":1}']
-        peers.add(stream.local_port())
         await stream.aclose()
 
-    assert len(peers) == 1  # one keep-alive connection, not one per stream
+    assert len(engine_log.peer_ports) == 3
+    assert len(set(engine_log.peer_ports)) == 1  # one keep-alive connection, not one per stream
+
+
+async def test_closing_an_unfinished_stream_hangs_up_on_the_engine(
+    engine: str, engine_log: EngineLog, upstream: Upstream
+) -> None:
+    stream = await upstream.open_stream(engine, "/v1/chat/completions", b'{"stream": true, "long": true}')
+    assert isinstance(stream, EventStream)
+    assert await anext(aiter(stream)) == b'{"n":0}'
+
+    await stream.aclose()
+
+    await asyncio.wait_for(engine_log.abandoned.wait(), 1)
+
+
+async def test_cancelling_a_call_hangs_up_on_the_engine(
+    engine: str, engine_log: EngineLog, upstream: Upstream
+) -> None:
+    """What a client leaving does to the engine call serving it (some HTTP clients finish the call anyway)."""
+    call = asyncio.ensure_future(upstream.post_json(engine, "/v1/chat/completions", b'{"slow": true}'))
+    while not engine_log.peer_ports:
+        await asyncio.sleep(0.005)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+    await asyncio.wait_for(engine_log.abandoned.wait(), 1)
 
 
 async def test_open_stream_returns_a_complete_reply_on_an_error_status(
