@@ -215,7 +215,7 @@ def offload_server(
     env = {"OFFLOAD_CONFIG": str(config), "OFFLOAD_LOG__ACCESS": "true" if access_log else "false",
            "OFFLOAD_LOG__FORMAT": "json", "PYTHONPATH": str(root)}
     name = name or ("offload-log" if access_log else "offload")
-    return Server(name, [sys.executable, "-m", "gateway", "serve", "--port", str(port)], port, "/ready",
+    return Server(name, [sys.executable, "-m", "gateway", "serve", "--port", str(port)], port, "/ready?all=true",
                   workdir / f"{name}.log", env=env)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 from litestar import Controller, Response, get
+from litestar.params import Parameter
 
 from gateway import metrics as metrics_module
 from gateway.metrics import Metrics
@@ -19,8 +20,16 @@ class OpsController(Controller):
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     @get("/ready")
-    async def ready(self, dispatcher: Dispatcher) -> Response[bytes]:
-        """200 when every configured model has a healthy engine, else 503 naming the ones that lack one."""
+    async def ready(
+        self, dispatcher: Dispatcher, require_all: bool = Parameter(query="all", default=False)
+    ) -> Response[bytes]:
+        """200 while at least one configured model can be served (``degraded`` when some cannot), 503
+        when none can; ``?all=true``: 200 only when every model can. The body names each model's state.
+
+        A readiness probe must not take the gateway out of service because one model is down: its
+        other models would go with it, and that model's clients would lose the gateway's 503 with
+        Retry-After for a connection error. ``?all=true`` is for start-up scripts and tests.
+        """
         health, engines = dispatcher.health, dispatcher.engines
 
         def routable(base_url: str, replica_id: str) -> bool:
@@ -28,8 +37,10 @@ class OpsController(Controller):
             return health.is_up(replica_id) or (engines is not None and engines.can_start(base_url))
 
         models = {r.model: any(routable(x.base_url, x.id) for x in r.replicas) for r in dispatcher.table.routes}
-        ok = all(models.values())
-        body = {"status": "ready" if ok else "not_ready", "models": models}
+        every, some = all(models.values()), any(models.values())
+        status = "ready" if every else "degraded" if some else "not_ready"
+        ok = every if require_all else some
+        body = {"status": status, "models": models}
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
     @get("/metrics")

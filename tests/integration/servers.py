@@ -73,7 +73,7 @@ class GatewayProcess:
             )
         wait_until(self._answers, 30, what="gateway /health")
         if ready:
-            wait_until(lambda: httpx.get(self.base_url + "/ready").status_code == 200, 30, what="/ready")
+            wait_until(lambda: httpx.get(self.base_url + "/ready?all=true").status_code == 200, 30, what="/ready")
         return self
 
     def _answers(self) -> bool:
@@ -119,7 +119,7 @@ class OffloadRun:
         def ready() -> bool:
             assert self.proc.poll() is None, self.out.read_text()[-3000:]
             try:
-                return httpx.get(self.base_url + "/ready", timeout=2).status_code == 200
+                return httpx.get(self.base_url + "/ready?all=true", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 

@@ -95,21 +95,25 @@ async def test_startup_probe_marks_an_engine_on_a_closed_port_down(
     assert registry.state("embed-0") is State.DOWN
 
 
-async def test_ready_is_200_once_every_model_has_an_up_engine(
+async def test_ready_is_200_and_degraded_while_some_model_can_be_served(
     client: AsyncTestClient[Litestar], app: Litestar
 ) -> None:
     registry = health_registry(app)
     try:
         registry.mark("chat-0", State.UP)
         partly = await client.get("/ready")
+        partly_all = await client.get("/ready", params={"all": "true"})
         registry.mark("embed-0", State.UP)
         ready = await client.get("/ready")
+        ready_all = await client.get("/ready", params={"all": "true"})
     finally:
         registry.mark("chat-0", State.DOWN)
         registry.mark("embed-0", State.DOWN)
 
-    assert partly.status_code == 503
-    assert partly.json()["models"] == {"chat": True, "embed": False}
+    assert partly.status_code == 200
+    assert partly.json() == {"status": "degraded", "models": {"chat": True, "embed": False}}
+    assert partly_all.status_code == 503  # ?all=true: every model must be servable
+    assert ready_all.status_code == 200 and ready_all.json()["status"] == "ready"
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "models": {"chat": True, "embed": True}}
 
