@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from engines.models import PREPARERS
+from engines.hostinfo import describe_exit, group_members, is_engine_group, port_free
 from engines.process import EngineProcess, EngineStartError
 from engines.spec import EngineSpec
 from gateway.config import OffloadConfig
@@ -35,51 +35,6 @@ __all__ = ["EngineStartError", "ManagedEngine", "Supervisor"]
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
 STABLE_AFTER = 60.0  # seconds up after which a crash counts as a fresh one (back-off reset)
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
-def _is_engine_group(pgid: int) -> bool:
-    """True when group ``pgid`` still holds vLLM processes (the API server, or the EngineCore and
-    Worker it left behind); a recycled id of something else is never signalled."""
-    for pid in group_members(pgid):
-        try:
-            if b"vllm" in Path(f"/proc/{pid}/cmdline").read_bytes().lower():
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def describe_exit(code: int) -> str:
-    """``-9`` -> ``"killed by SIGKILL"`` (the OOM killer's signal), ``1`` -> ``"exit status 1"``."""
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
 
 
 @dataclass
@@ -170,7 +125,7 @@ class Supervisor:
         except (OSError, ValueError):
             stale = []
         for pgid in stale:
-            if isinstance(pgid, int) and _is_engine_group(pgid):
+            if isinstance(pgid, int) and is_engine_group(pgid):
                 self._say(f"stopping engine process group {pgid} left by an earlier run")
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pgid, signal.SIGKILL)
@@ -186,7 +141,7 @@ class Supervisor:
         """Start every engine that is not on-demand (they load in parallel)."""
         for m in self.managed.values():
             e = m.process.spec.engine
-            if not _port_free(e.host, e.port):
+            if not port_free(e.host, e.port):
                 raise EngineStartError(
                     f"port {e.port} for engine {m.name} is already in use (another Offload still running?)"
                 )

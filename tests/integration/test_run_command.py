@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from engines.supervisor import group_members
+from engines.hostinfo import group_members
 from tests.integration.conftest import EMBED, Engines
 from tests.integration.servers import OffloadRun, free_port, wait_until
 

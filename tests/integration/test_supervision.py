@@ -14,7 +14,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from engines.supervisor import Supervisor, group_members
+from engines.hostinfo import group_members
+from engines.supervisor import Supervisor
 from gateway.config import EngineConfig, LocalEngine, ModelConfig, OffloadConfig
 from gateway.settings import Settings
 from tests.integration.conftest import EMBED, Engines
