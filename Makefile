@@ -47,10 +47,11 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.overhead --quick
 
-## Where Offload's CPU goes (py-spy under 1-client and 64-stream load; installs py-spy on demand).
+## Where Offload's CPU goes (py-spy under load; installs py-spy on demand), and its own code's share.
 bench-profile: $(STAMP)
 	@test -x $(VENV)/bin/py-spy || $(PIP) install --quiet py-spy
 	$(PY) -m benchmarks.gateway_profile
+	$(PY) -m benchmarks.own_cost
 
 ## Real vLLM CPU engines: direct vs through Offload, and prefix affinity vs round robin.
 bench-engines: $(STAMP)

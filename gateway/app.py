@@ -40,19 +40,23 @@ def _const(value: object) -> Provide:
 
 
 def create_app(
-    settings: Settings, config: OffloadConfig | None = None, engines: EngineControl | None = None
+    settings: Settings,
+    config: OffloadConfig | None = None,
+    engines: EngineControl | None = None,
+    upstream: Upstream | None = None,
 ) -> Litestar:
     """Build the gateway for ``config`` (default: the file named by ``settings.config``).
 
     ``engines`` is given when this process also supervises local engines (``offload run``): it
-    enables on-demand loading and the ``/admin/engines`` API.
+    enables on-demand loading and the ``/admin/engines`` API. ``upstream``: the engine client to
+    use instead of a new one (``benchmarks/own_cost.py`` measures the gateway with engines replaced).
     """
     if config is None:
         config = load_config(settings.config)
     h = settings.health
     health = HealthRegistry(h.failure_threshold, h.cooldown, h.max_cooldown)
     metrics = Metrics()
-    upstream = Upstream(settings.upstream)
+    upstream = upstream or Upstream(settings.upstream)
     dispatcher = Dispatcher(
         RouteTable.from_config(config), health, metrics, h.retry_after_seconds,
         max_retries=settings.upstream.max_retries, deadline=settings.upstream.request_timeout,
