@@ -36,7 +36,12 @@ from gateway.upstream import EventStream, ProbeResult, Upstream, UpstreamReply
 RESULTS = Path(__file__).parent / "results"
 TOKENS = 32
 PROMPT = {"model": "chat", "messages": [{"role": "user", "content": "word " * 128}], "max_tokens": TOKENS}
-_CONFIG = 'models:\n  - name: chat\n    task: chat\n    engine: {url: "http://127.0.0.1:9", served_name: engine}\n'
+_CONFIG = """
+models:
+  - name: chat
+    task: chat
+    engine: {url: "http://127.0.0.1:9", served_name: engine}
+"""
 
 
 def _event(finish: str | None, content: str) -> bytes:
@@ -51,7 +56,8 @@ def _event(finish: str | None, content: str) -> bytes:
 STREAM = [_event(None, " word") for _ in range(TOKENS - 1)] + [
     _event("length", " word"),
     b'data: {"id":"chatcmpl-0123456789abcdef","object":"chat.completion.chunk","created":1795783500,'
-    b'"model":"engine","choices":[],"usage":{"prompt_tokens":130,"completion_tokens":32,"total_tokens":162}}\n\n',
+    b'"model":"engine","choices":[],'
+    b'"usage":{"prompt_tokens":130,"completion_tokens":32,"total_tokens":162}}\n\n',
     b"data: [DONE]\n\n",
 ]
 ANSWER = orjson.dumps({
@@ -97,10 +103,10 @@ class MemoryUpstream(Upstream):
 def _scope(body: bytes) -> dict[str, Any]:
     headers = [(b"host", b"gateway"), (b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]  # fmt: skip
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-            "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
-            "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
-            "state": {}}  # fmt: skip
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+            "query_string": b"", "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000), "state": {}}  # fmt: skip
 
 
 def _caller(app: Callable[..., Awaitable[None]], stream: bool) -> Callable[[], Awaitable[bytes]]:

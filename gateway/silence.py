@@ -36,14 +36,13 @@ class SilenceWatch:
         task = asyncio.current_task()
         assert task is not None
         self._reader = task
-        cancelling = task.cancelling()
         try:
             result = await awaitable
         except asyncio.CancelledError:
             if not self._fired:
                 raise
             self._fired = False
-            if task.uncancel() > cancelling:
+            if task.uncancel():
                 raise  # cancelled by someone else too (client gone, shutdown): that one wins
             raise Silent from None
         finally:

@@ -83,6 +83,16 @@ class EventStream:
                 silent = 0.0
                 if not chunk:
                     break
+                one_line = chunk.endswith(b"\n\n") and chunk.count(b"\n") == 2
+                if one_line and not buffer and chunk.startswith(b"data: "):
+                    # The usual read: exactly one event of one line (vLLM writes one per token).
+                    payload = chunk[6:-2].lstrip(b" ")
+                    if payload == _DONE:
+                        self.finished = True
+                        return
+                    if payload:
+                        yield payload
+                    continue
                 buffer += chunk
                 if b"\r" in buffer:
                     buffer = buffer.replace(b"\r\n", b"\n")

@@ -3,15 +3,16 @@
 Those two routes are plain ASGI handlers (registered as Litestar ``asgi`` routes; POST is served by
 :mod:`gateway.api.hot` before Litestar's router): no signature model, dependency injection, task group
 or response object per request. Measured on 2 cores that machinery was about a third of the gateway's
-CPU per request (``benchmarks/README.md``); what replaces it is this module: read the body, send the answer.
+CPU per request (``benchmarks/README.md``); what replaces it is this module: read the body, send a JSON
+answer (streams: :func:`gateway.api.sse.send_events`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from gateway.api.disconnect import ClientDisconnected, unless_disconnected
+from gateway.api.disconnect import ClientDisconnected
 from gateway.services.errors import MethodNotAllowedError, RequestTooLargeError
 
 if TYPE_CHECKING:
@@ -87,21 +88,3 @@ async def send_json(send: Send, body: bytes) -> None:
     await send({"type": "http.response.start", "status": 200,
                 "headers": [*JSON, (b"content-length", str(len(body)).encode())]})  # fmt: skip
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def send_stream(send: Send, receive: Receive, headers: list[tuple[bytes, bytes]],
-                      chunks: AsyncIterable[bytes]) -> bool:  # fmt: skip
-    """Send a 200 response made of ``chunks`` as they come. Returns False when the client left first
-    (the relay is then cancelled at once, wherever it waits: the caller frees the engine)."""
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-    async def relay() -> None:
-        async for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    try:
-        await unless_disconnected(receive, relay())
-    except ClientDisconnected:
-        return False
-    return True

@@ -8,7 +8,7 @@ from litestar import asgi
 from litestar.handlers import ASGIRouteHandler
 
 from gateway.api import sse
-from gateway.api.asgi import ScopeHeaders, read_body, require_post, send_json, send_stream
+from gateway.api.asgi import ScopeHeaders, read_body, require_post, send_json
 from gateway.api.disconnect import unless_disconnected
 from gateway.api.middleware import record_in
 from gateway.services.chat import PATH, ChatService, ChatStream
@@ -35,11 +35,10 @@ def chat_route(chat: ChatService, keepalive: float, max_body: int) -> ASGIRouteH
             return
         opened = await unless_disconnected(receive, chat.open_stream(data, parsed, record, headers))
         try:
-            if isinstance(opened, ChatStream):
-                events = sse.relay(opened)  # the engine read itself signals silence for keep-alives
-            else:  # an on-demand engine is loading (minutes): answer now, ping while it loads
-                events = sse.frame(opened, keepalive)
-            if not await send_stream(send, receive, sse.RESPONSE_HEADERS, events):
+            # A started stream's engine read signals silence itself (empty payloads, sent as pings).
+            # An on-demand engine that is loading (minutes): answer now, ping while it loads.
+            payloads = opened if isinstance(opened, ChatStream) else sse.pinging(opened, keepalive)
+            if not await sse.send_events(send, receive, payloads):
                 record.error_type = record.error_type or "client_disconnected"
         finally:
             await opened.aclose()  # however the stream ended (done, failed, client gone): free the engine

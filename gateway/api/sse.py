@@ -1,4 +1,4 @@
-"""Server-sent events framing, in one place.
+"""Server-sent events framing and sending, in one place.
 
 ``data: <json>\\n\\n`` per event, ``: ping`` comments while the engine is silent (clients ignore
 comments; proxies see traffic), and ``data: [DONE]`` at the end, as OpenAI clients expect.
@@ -9,6 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import TYPE_CHECKING
+
+from gateway.api.disconnect import ClientDisconnected, unless_disconnected
+
+if TYPE_CHECKING:
+    from litestar.types import Receive, Send
 
 RESPONSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -25,20 +31,37 @@ def event(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-async def relay(payloads: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """Frame ``payloads`` as SSE then ``[DONE]``; an empty payload (the engine's silence, see
-    :data:`gateway.upstream.KEEPALIVE`) becomes a ``: ping`` comment. The hot path: no task per event."""
-    async for payload in payloads:
-        yield b"data: " + payload + b"\n\n" if payload else PING
-    yield DONE
+async def send_events(send: Send, receive: Receive, payloads: AsyncIterable[bytes]) -> bool:
+    """Send a 200 event stream: each payload as an event as it comes (an empty one, the engine's
+    silence, see :data:`gateway.upstream.KEEPALIVE`, as a ping), then ``[DONE]``. Returns False when
+    the client left first (the relay is then cancelled at once, wherever it waits: the caller frees
+    the engine).
+
+    The hot path of a stream: framing is done here, in the loop that sends, with no generator or
+    task per event; ``[DONE]`` travels in the response's last message.
+    """
+    await send({"type": "http.response.start", "status": 200, "headers": RESPONSE_HEADERS})
+
+    async def relay() -> None:
+        async for payload in payloads:
+            body = b"data: " + payload + b"\n\n" if payload else PING
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": DONE, "more_body": False})
+
+    try:
+        await unless_disconnected(receive, relay())
+    except ClientDisconnected:
+        return False
+    return True
 
 
-async def frame(payloads: AsyncIterable[bytes], keepalive: float) -> AsyncIterator[bytes]:
-    """Frame ``payloads`` as SSE, pinging every ``keepalive`` seconds of silence, then ``[DONE]``.
+async def pinging(payloads: AsyncIterable[bytes], keepalive: float) -> AsyncIterator[bytes]:
+    """``payloads`` as they come, and an empty payload (a ping, for :func:`send_events`) every
+    ``keepalive`` seconds of silence.
 
     For sources that can be silent without saying so (a stream still waiting for its engine to
     load): the next payload is awaited in a task that survives a keep-alive timeout, so a ping
-    never interrupts the wait. Empty payloads become pings too.
+    never interrupts the wait.
     """
     source = aiter(payloads)
     pending: asyncio.Future[bytes] | None = None
@@ -48,15 +71,14 @@ async def frame(payloads: AsyncIterable[bytes], keepalive: float) -> AsyncIterat
                 pending = asyncio.ensure_future(anext(source))
             done, _ = await asyncio.wait((pending,), timeout=keepalive)
             if not done:
-                yield PING
+                yield b""
                 continue
             task, pending = pending, None
             try:
                 payload = task.result()
             except StopAsyncIteration:
-                break
-            yield b"data: " + payload + b"\n\n" if payload else PING
-        yield DONE
+                return
+            yield payload
     finally:
         if pending is not None:
             pending.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -74,7 +74,7 @@ class ChatService:
 
         async def attempt(replica: Replica) -> dict[str, Any]:
             answer = await post_answer(self._upstream, replica, PATH, data)
-            if any(c.get("finish_reason") not in _OK_FINISH for c in answer.get("choices") or ()):
+            if _aborted(answer.get("choices") or ()):
                 raise EngineError("The engine aborted the request.")
             return answer
 
@@ -169,7 +169,7 @@ class ChatService:
                         record.completion_tokens = usage.get("completion_tokens")
                         if not include_usage:
                             continue
-                elif any(c.get("finish_reason") not in _OK_FINISH for c in choices):
+                elif _aborted(choices):
                     record.error_type = "engine_aborted"
                     yield _in_band(EngineError("The engine aborted the request."))
                     return
@@ -191,6 +191,14 @@ class ChatService:
             yield _in_band(exc)
         finally:
             stream.close()
+
+
+def _aborted(choices: Iterable[dict[str, Any]]) -> bool:
+    """Whether a choice finished for a reason other than the normal ones (vLLM's ``abort``, ``error``)."""
+    for choice in choices:
+        if choice.get("finish_reason") not in _OK_FINISH:
+            return True
+    return False
 
 
 def _body(data: dict[str, Any], replica: Replica) -> bytes:

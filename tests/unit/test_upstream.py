@@ -70,6 +70,15 @@ async def test_event_stream_joins_events_split_across_reads() -> None:
     assert await read_all(stream) == [b'{"a":1}']
 
 
+async def test_event_stream_keeps_order_across_whole_and_split_events() -> None:
+    reads = [b'data: {"a":1}\n\n', b'data: {"b"', b':2}\n\n', b"data: \n\n", b": ping\n\n",
+             b'data: {"c":3}\n\n', b'data: {"d":4}\n\ndata: {"e":5}\n\n', b"data: [DONE]\n\n"]
+    stream, _ = event_stream(reads)
+
+    assert await read_all(stream) == [b'{"a":1}', b'{"b":2}', b'{"c":3}', b'{"d":4}', b'{"e":5}']
+    assert stream.finished is True
+
+
 async def test_event_stream_accepts_crlf_and_no_space_after_colon() -> None:
     stream, _ = event_stream([b'data:{"a":1}\r\n\r', b"\ndata: [DONE]\r\n\r\n"])
 
@@ -155,7 +164,8 @@ async def engine(engine_log: EngineLog) -> AsyncIterator[str]:
         return web.Response(text="")
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        engine_log.peer_ports.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+        peer = request.transport.get_extra_info("peername")  # type: ignore[union-attr]
+        engine_log.peer_ports.append(peer[1])
         try:
             return await answer(request)
         except (asyncio.CancelledError, ConnectionResetError):  # the client hung up

@@ -1,14 +1,13 @@
-"""The plain-ASGI helpers of the hot routes: body reading and streaming with disconnects."""
+"""The plain-ASGI helpers of the hot routes: body reading (with disconnects and limits), headers."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from gateway.api.asgi import ScopeHeaders, read_body, send_stream
+from gateway.api.asgi import ScopeHeaders, read_body
 from gateway.api.disconnect import ClientDisconnected
 from gateway.services.errors import RequestTooLargeError
 
@@ -60,50 +59,6 @@ async def test_a_client_leaving_during_the_body_is_a_disconnect() -> None:
 
     with pytest.raises(ClientDisconnected):
         await read_body(scope(), receive, 100)
-
-
-async def test_a_stream_stops_when_the_client_leaves() -> None:
-    sent: list[dict[str, Any]] = []
-    produced = 0
-    left = asyncio.Event()
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    async def receive() -> dict[str, Any]:
-        await left.wait()
-        return {"type": "http.disconnect"}
-
-    async def chunks() -> AsyncIterator[bytes]:
-        nonlocal produced
-        for _ in range(1000):  # bounded: far more than the test lets through
-            produced += 1
-            if produced == 3:
-                left.set()
-            yield b"data: x\n\n"
-            await asyncio.sleep(0.001)
-
-    finished = await asyncio.wait_for(send_stream(send, receive, [], chunks()), 5)
-
-    assert finished is False
-    assert produced < 10
-    assert sent[0]["type"] == "http.response.start"
-    assert all(m.get("more_body") for m in sent[1:])  # never a final message: the client is gone
-
-
-async def test_a_finished_stream_ends_with_a_final_empty_message() -> None:
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield b"a"
-        yield b"b"
-
-    assert await send_stream(send, receiver(), [(b"x", b"y")], chunks()) is True
-    assert [m.get("body") for m in sent[1:]] == [b"a", b"b", b""]
-    assert sent[-1]["more_body"] is False
 
 
 def test_scope_headers_are_case_insensitive_and_read_on_demand() -> None:
