@@ -83,8 +83,12 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def send_json(send: Send, body: bytes) -> None:
-    """A 200 ``application/json`` answer in two ASGI messages."""
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [*JSON, (b"content-length", str(len(body)).encode())]})  # fmt: skip
+async def send_json(
+    send: Send, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
+) -> None:
+    """An ``application/json`` answer in two ASGI messages; ``headers``: extra ones (``Retry-After``)."""
+    raw = [*JSON, (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body, "more_body": False})

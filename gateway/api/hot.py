@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from gateway.api.asgi import send_json
 from gateway.api.errors import error_body, unexpected
 from gateway.api.middleware import record_in
 from gateway.services.errors import GatewayError
@@ -41,8 +42,5 @@ class HotRoutes:
                 raise
             error = exc if isinstance(exc, GatewayError) else unexpected(scope["path"], exc)
             record.error_type = error.code
-            body, extra = error_body(error)
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            headers += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
-            await send({"type": "http.response.start", "status": error.status, "headers": headers})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            body, headers = error_body(error)
+            await send_json(send, body, error.status, headers)
