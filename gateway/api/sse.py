@@ -12,6 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING
 
 from gateway.api.disconnect import ClientDisconnected, unless_disconnected
+from gateway.upstream import KEEPALIVE
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Send
@@ -56,8 +57,8 @@ async def send_events(send: Send, receive: Receive, payloads: AsyncIterable[byte
 
 
 async def pinging(payloads: AsyncIterable[bytes], keepalive: float) -> AsyncIterator[bytes]:
-    """``payloads`` as they come, and an empty payload (a ping, for :func:`send_events`) every
-    ``keepalive`` seconds of silence.
+    """``payloads`` as they come, and :data:`~gateway.upstream.KEEPALIVE` (sent as a ping by
+    :func:`send_events`) every ``keepalive`` seconds of silence.
 
     For sources that can be silent without saying so (a stream still waiting for its engine to
     load): the next payload is awaited in a task that survives a keep-alive timeout, so a ping
@@ -71,7 +72,7 @@ async def pinging(payloads: AsyncIterable[bytes], keepalive: float) -> AsyncIter
                 pending = asyncio.ensure_future(anext(source))
             done, _ = await asyncio.wait((pending,), timeout=keepalive)
             if not done:
-                yield b""
+                yield KEEPALIVE
                 continue
             task, pending = pending, None
             try:
