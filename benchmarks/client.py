@@ -46,9 +46,16 @@ class RequestRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "start": self.start, "end": self.end, "latency": self.latency, "ttft": self.ttft, "itl": self.itl,
-            "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
-            "events": self.events, "error": self.error, "detail": self.detail,
+            "start": self.start,
+            "end": self.end,
+            "latency": self.latency,
+            "ttft": self.ttft,
+            "itl": self.itl,
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "events": self.events,
+            "error": self.error,
+            "detail": self.detail,
         }
 
 
@@ -153,8 +160,9 @@ def _read_whole(raw: bytes, record: RequestRecord, embeddings: bool) -> None:
         raise _Failure("bad_response", raw[:300].decode("utf-8", "replace")) from None
 
 
-def chat_body(model: str, prompt: str, max_tokens: int, stream: bool, ignore_eos: bool,
-              extra: dict[str, Any]) -> bytes:
+def chat_body(
+    model: str, prompt: str, max_tokens: int, stream: bool, ignore_eos: bool, extra: dict[str, Any]
+) -> bytes:
     """A chat completion request body."""
     body: dict[str, Any] = {
         "model": model,

@@ -36,8 +36,11 @@ from benchmarks.load import Dist, LoadConfig, run_load
 from benchmarks.procstat import cpu_seconds
 
 RESULTS = Path(__file__).parent / "results"
-SCENARIOS = (("ns1", "non-streaming, 1 client", False, 1), ("s10", "streaming, 10 streams", True, 10),
-             ("s64", "streaming, 64 streams", True, 64))
+SCENARIOS = (
+    ("ns1", "non-streaming, 1 client", False, 1),
+    ("s10", "streaming, 10 streams", True, 10),
+    ("s64", "streaming, 64 streams", True, 64),
+)
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _COMPONENTS = {  # first path segment of the innermost frame's file -> component
     "gateway": "gateway (Offload's own code)",
@@ -59,8 +62,17 @@ _COMPONENTS = {  # first path segment of the innermost frame's file -> component
 
 # Innermost frames of a thread that waits (blocking-mode py-spy counts them as active):
 # Litestar's logging QueueListener thread, epoll/futex waits.
-_IDLE = ("Condition.wait", "Event.wait", "Queue.get", "epoll_wait", "epoll_pwait", "select (",
-         "lock_PyThread_acquire_lock", "PyThread_acquire_lock_timed", "pthread_cond_wait")
+_IDLE = (
+    "Condition.wait",
+    "Event.wait",
+    "Queue.get",
+    "epoll_wait",
+    "epoll_pwait",
+    "select (",
+    "lock_PyThread_acquire_lock",
+    "PyThread_acquire_lock_timed",
+    "pthread_cond_wait",
+)
 
 
 def find_py_spy() -> str | None:
@@ -121,8 +133,15 @@ def component(file: str, func: str) -> str | None:
     return None
 
 
-_ENTRY = ("<frozen runpy>", "gateway/__main__.py", "gateway/main.py", "uvicorn/main.py", "uvicorn/server.py",
-          "uvicorn/_compat.py", "asyncio/runners.py")
+_ENTRY = (
+    "<frozen runpy>",
+    "gateway/__main__.py",
+    "gateway/main.py",
+    "uvicorn/main.py",
+    "uvicorn/server.py",
+    "uvicorn/_compat.py",
+    "asyncio/runners.py",
+)
 
 
 def summarize(collapsed: Path, top: int = 25) -> dict[str, object]:
@@ -139,13 +158,17 @@ def summarize(collapsed: Path, top: int = 25) -> dict[str, object]:
         if parsed is None:
             continue
         frames, count, line_no = parsed
-        if any(f"{func} (".startswith(idle) or func.startswith(idle) for func, _ in frames[-3:] for idle in _IDLE):
+        if any(
+            f"{func} (".startswith(idle) or func.startswith(idle) for func, _ in frames[-3:] for idle in _IDLE
+        ):
             continue
         total += count
         names = [f"{func} ({_short(file)})" for func, file in frames]
         self_time[names[-1]] += count
         for name in set(names):
-            if not name.endswith(tuple(f"({e})" for e in _ENTRY)) and not any(f"({e}" in name for e in _ENTRY):
+            if not name.endswith(tuple(f"({e})" for e in _ENTRY)) and not any(
+                f"({e}" in name for e in _ENTRY
+            ):
                 inclusive[name] += count
         owner = "standard library (no package frame above it)"
         io = _socket_io(frames[-1][0], frames[-1][1], line_no)
@@ -174,19 +197,33 @@ def summarize(collapsed: Path, top: int = 25) -> dict[str, object]:
 
 async def _load(url: str, stream: bool, concurrency: int, seconds: float) -> dict[str, object]:
     model = "stream" if stream else "fast"
-    result = await run_load(LoadConfig(base_url=url, model=model, stream=stream, concurrency=concurrency,
-                                       requests=500_000, duration=seconds, output_tokens=Dist(32, 32),
-                                       ignore_eos=False, timeout=60))
+    result = await run_load(
+        LoadConfig(
+            base_url=url,
+            model=model,
+            stream=stream,
+            concurrency=concurrency,
+            requests=500_000,
+            duration=seconds,
+            output_tokens=Dist(32, 32),
+            ignore_eos=False,
+            timeout=60,
+        )
+    )
     return result.summary()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gateway_profile", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.gateway_profile", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--seconds", type=float, default=20.0, help="sampling window per scenario (max 300)")
     p.add_argument("--rate", type=int, default=250, help="samples per second")
     p.add_argument("--native", action="store_true", help="include C frames (uvloop, orjson, pydantic-core)")
     p.add_argument("--access-log", action="store_true", help="profile with the per-request log line on")
-    p.add_argument("--scenarios", default="ns1,s64", help=f"comma-separated, from {', '.join(s[0] for s in SCENARIOS)}")
+    p.add_argument(
+        "--scenarios", default="ns1,s64", help=f"comma-separated, from {', '.join(s[0] for s in SCENARIOS)}"
+    )
     args = p.parse_args(argv)
     chosen = [s for s in SCENARIOS if s[0] in args.scenarios.split(",")]
     if not chosen:
@@ -197,16 +234,23 @@ def main(argv: list[str] | None = None) -> int:
     if spy is None:
         p.error("py-spy is not installed: pip install py-spy")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = ["# Where Offload's CPU goes (py-spy)", "",
-              (f"{time.strftime('%Y-%m-%d %H:%M')}; {args.rate} samples/s for {args.seconds:.0f} s per scenario"
-               f"{', native frames' if args.native else ''}{', access log on' if args.access_log else ''}. "
-               "Percentages are of busy samples (idle epoll waits are not sampled)."), ""]
+    report = [
+        "# Where Offload's CPU goes (py-spy)",
+        "",
+        (
+            f"{time.strftime('%Y-%m-%d %H:%M')}; {args.rate} samples/s for {args.seconds:.0f} s per scenario"
+            f"{', native frames' if args.native else ''}{', access log on' if args.access_log else ''}. "
+            "Percentages are of busy samples (idle epoll waits are not sampled)."
+        ),
+        "",
+    ]
     with tempfile.TemporaryDirectory(prefix="offload-profile-") as tmp:
         work = Path(tmp)
         fast = peers.sim_server(work, "fast", itl=0.0, output_tokens=32).start()
         stream = peers.sim_server(work, "stream", itl=0.01, output_tokens=32).start()
-        gateway = peers.offload_server(work, {"fast": fast.base_url, "stream": stream.base_url},
-                                       access_log=args.access_log)
+        gateway = peers.offload_server(
+            work, {"fast": fast.base_url, "stream": stream.base_url}, access_log=args.access_log
+        )
         servers = [fast, stream, gateway]
         try:
             for s in (fast, stream):
@@ -216,8 +260,20 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(_load(gateway.base_url, is_stream, concurrency, 1.0))
             for key, label, is_stream, concurrency in chosen:
                 out = RESULTS / f"profile-{key}.txt"
-                cmd = [spy, "record", "--pid", str(gateway.pid), "--rate", str(args.rate), "--format", "raw",
-                       "--duration", str(int(args.seconds)), "--output", str(out)]
+                cmd = [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(gateway.pid),
+                    "--rate",
+                    str(args.rate),
+                    "--format",
+                    "raw",
+                    "--duration",
+                    str(int(args.seconds)),
+                    "--output",
+                    str(out),
+                ]
                 # Blocking (the default) pauses the gateway per sample: slower, but --nonblocking reads torn stacks
                 # while Python runs and so over-weights frames sitting in syscalls (seen: 3x on socket writes).
                 if args.native:
@@ -230,15 +286,26 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
                 cpu_ms = (cpu_seconds(gateway.pid) - cpu0) * 1000 / max(1, int(load["succeeded"]))  # type: ignore[call-overload]
                 found = summarize(out)
-                report += [f"## {label}", "",
-                           (f"{load['succeeded']} requests at {load['requests_per_s']:.0f}/s; gateway CPU "
-                            f"{cpu_ms:.2f} ms per request (sampler attached); {found['samples']} busy samples, "
-                            f"{found['io_percent']:.0f}% of them in socket calls; stacks in `{out.name}`."), "",
-                           ("| owner (innermost package frame; stdlib calls charged to their caller) | % busy "
-                            "| % of Python work (socket calls left out) |"), "| --- | --- | --- |"]
+                report += [
+                    f"## {label}",
+                    "",
+                    (
+                        f"{load['succeeded']} requests at {load['requests_per_s']:.0f}/s; gateway CPU "
+                        f"{cpu_ms:.2f} ms per request (sampler attached); {found['samples']} busy samples, "
+                        f"{found['io_percent']:.0f}% of them in socket calls; stacks in `{out.name}`."
+                    ),
+                    "",
+                    (
+                        "| owner (innermost package frame; stdlib calls charged to their caller) | % busy "
+                        "| % of Python work (socket calls left out) |"
+                    ),
+                    "| --- | --- | --- |",
+                ]
                 python_work = max(1e-9, 100.0 - found["io_percent"])  # type: ignore[operator]
-                report += [f"| {k} | {v:.1f} | {'-' if k.startswith('socket') else f'{100 * v / python_work:.1f}'} |"
-                           for k, v in found["components"]]  # type: ignore[attr-defined]
+                report += [
+                    f"| {k} | {v:.1f} | {'-' if k.startswith('socket') else f'{100 * v / python_work:.1f}'} |"
+                    for k, v in found["components"]
+                ]  # type: ignore[attr-defined]
                 report += ["", "| gateway function (own code + stdlib it calls) | % busy |", "| --- | --- |"]
                 report += [f"| `{k}` | {v:.1f} |" for k, v in found["gateway"]]  # type: ignore[attr-defined]
                 report += ["", "| function (self time) | % |", "| --- | --- |"]
@@ -246,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
                 report += ["", "| function (inclusive time) | % |", "| --- | --- |"]
                 report += [f"| `{k}` | {v:.1f} |" for k, v in found["inclusive"]]  # type: ignore[attr-defined]
                 report.append("")
-                print(f"{label}: {cpu_ms:.2f} ms CPU/request, {found['samples']} samples -> {out}", file=sys.stderr)
+                print(
+                    f"{label}: {cpu_ms:.2f} ms CPU/request, {found['samples']} samples -> {out}",
+                    file=sys.stderr,
+                )
         finally:
             for server in reversed(servers):
                 server.stop()

@@ -111,8 +111,9 @@ async def run_load(config: LoadConfig) -> LoadResult:
     connections = config.concurrency or (0 if config.rate else 8)
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0)
     result = LoadResult(config=_describe(config), started_at=time.time())
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                     timeout=aiohttp.ClientTimeout(total=None)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
+    ) as session:
         run = Runner(config, session)
         reporter = asyncio.create_task(run.report_progress()) if config.progress else None
         try:
@@ -146,18 +147,31 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[LoadConfig, argparse.
     p.add_argument("--model", required=True)
     p.add_argument("--kind", choices=("chat", "embeddings"), default="chat")
     p.add_argument("--no-stream", dest="stream", action="store_false", help="non-streaming chat")
-    p.add_argument("--concurrency", type=int, default=None,
-                   help="requests in flight (default 8); with --rate: the cap on requests in flight")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="requests in flight (default 8); with --rate: the cap on requests in flight",
+    )
     p.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second (open loop)")
     p.add_argument("--requests", type=int, default=None, help="number of requests")
     p.add_argument("--duration", type=float, default=None, help="seconds to keep issuing requests")
     p.add_argument("--prompt-tokens", type=Dist.parse, default=Dist(128, 128), help="N or LOW-HIGH")
     p.add_argument("--output-tokens", type=Dist.parse, default=Dist(64, 64), help="N or LOW-HIGH")
-    p.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
-                   help="do not send vLLM's ignore_eos (answers may be shorter than --output-tokens)")
+    p.add_argument(
+        "--no-ignore-eos",
+        dest="ignore_eos",
+        action="store_false",
+        help="do not send vLLM's ignore_eos (answers may be shorter than --output-tokens)",
+    )
     p.add_argument("--extra-body", type=orjson.loads, default={}, help="JSON object merged into each body")
-    p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
-                   help="extra request header (repeatable), e.g. 'X-Sim-TTFT: 0.05'")
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="extra request header (repeatable), e.g. 'X-Sim-TTFT: 0.05'",
+    )
     p.add_argument("--api-key", default=None, help="sent as 'Authorization: Bearer KEY'")
     p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     p.add_argument("--seed", type=int, default=0)
@@ -177,10 +191,21 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[LoadConfig, argparse.
     if args.api_key:
         headers["Authorization"] = f"Bearer {args.api_key}"
     config = LoadConfig(
-        base_url=args.base_url, model=args.model, kind=args.kind, stream=args.stream,
-        concurrency=args.concurrency, rate=args.rate, requests=args.requests, duration=args.duration,
-        prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens, ignore_eos=args.ignore_eos,
-        extra_body=args.extra_body, headers=headers, timeout=args.timeout, seed=args.seed,
+        base_url=args.base_url,
+        model=args.model,
+        kind=args.kind,
+        stream=args.stream,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        requests=args.requests,
+        duration=args.duration,
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+        ignore_eos=args.ignore_eos,
+        extra_body=args.extra_body,
+        headers=headers,
+        timeout=args.timeout,
+        seed=args.seed,
         progress=not args.quiet,
     )
     try:
@@ -197,8 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(orjson.dumps(result.to_json(include_records=not args.no_records),
-                                          option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        args.out.write_bytes(
+            orjson.dumps(
+                result.to_json(include_records=not args.no_records),
+                option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
+            )
+        )
         print(f"wrote {args.out}")
     if args.plot is not None:
         from benchmarks.plot import plot  # matplotlib is optional

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import signal
@@ -38,28 +39,42 @@ RESULTS = Path(__file__).parent / "results"
 
 def _machine() -> dict[str, Any]:
     model = ""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "kernel": platform.release(), "loadavg_start": os.getloadavg()}
+    with contextlib.suppress(OSError, StopIteration):
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_start": os.getloadavg(),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 rounds of 2.5 s runs and a short ramp (< 5 min)")
-    p.add_argument("--targets", default="sim,offload,litellm,vllm-router",
-                   help="comma-separated, from sim, offload, offload-log (access log on), litellm, vllm-router")
-    p.add_argument("--baseline", type=Path, default=None,
-                   help="another checkout (e.g. a git worktree of main) measured as target offload-base, to A/B a change")
+    p.add_argument(
+        "--targets",
+        default="sim,offload,litellm,vllm-router",
+        help="comma-separated, from sim, offload, offload-log (access log on), litellm, vllm-router",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. a git worktree of main) measured as target offload-base, to A/B a change",
+    )
     p.add_argument("--rounds", type=int, default=None, help="override the plan's rounds")
     p.add_argument("--seconds", type=float, default=None, help="override one run's issuing window")
     p.add_argument("--no-ramp", action="store_true", help="skip the throughput ramp")
     p.add_argument("--reinstall-peers", action="store_true", help="reinstall the peers' virtualenvs")
-    p.add_argument("--out", default=None, help="results name under benchmarks/results (default: overhead"
-                                                "[-quick])")
+    p.add_argument(
+        "--out", default=None, help="results name under benchmarks/results (default: overhead[-quick])"
+    )
     args = p.parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     if "sim" not in names:
@@ -91,8 +106,13 @@ def _new_loop_runner() -> asyncio.Runner:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
-    plan = Plan(**{**asdict(plan), **({"rounds": args.rounds} if args.rounds else {}),
-                   **({"seconds": args.seconds} if args.seconds else {})})
+    plan = Plan(
+        **{
+            **asdict(plan),
+            **({"rounds": args.rounds} if args.rounds else {}),
+            **({"seconds": args.seconds} if args.seconds else {}),
+        }
+    )
     name = args.out or ("overhead-quick" if args.quick else "overhead")
     started = time.monotonic()
     machine = _machine()
@@ -113,21 +133,44 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.stop()
     machine["loadavg_end"] = os.getloadavg()
-    meta = {"mode": "quick" if args.quick else "full", "plan": asdict(plan), "machine": machine,
-            "started_at": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": round(time.monotonic() - started, 1),
-            "tokens_per_answer": TOKENS, "stream_itl_s": STREAM_ITL, "prompt_words": 128,
-            "targets": {t.name: {"version": t.version, "ready_s": round(t.ready_s, 2), "failed": t.failed,
-                                 "processes": [s.name for s in t.measured]} for t in bench.targets},
-            "peers": bench.installs}
-    summary = report.summarize(bench.runs, bench.ramp_runs, rss, [t.name for t in bench.targets],
-                               [(s.key, s.label) for s in SCENARIOS])
+    meta = {
+        "mode": "quick" if args.quick else "full",
+        "plan": asdict(plan),
+        "machine": machine,
+        "started_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "wall_s": round(time.monotonic() - started, 1),
+        "tokens_per_answer": TOKENS,
+        "stream_itl_s": STREAM_ITL,
+        "prompt_words": 128,
+        "targets": {
+            t.name: {
+                "version": t.version,
+                "ready_s": round(t.ready_s, 2),
+                "failed": t.failed,
+                "processes": [s.name for s in t.measured],
+            }
+            for t in bench.targets
+        },
+        "peers": bench.installs,
+    }
+    summary = report.summarize(
+        bench.runs,
+        bench.ramp_runs,
+        rss,
+        [t.name for t in bench.targets],
+        [(s.key, s.label) for s in SCENARIOS],
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     document = {"meta": meta, "summary": summary, "runs": bench.runs, "ramp_runs": bench.ramp_runs}
-    (RESULTS / f"{name}.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    (RESULTS / f"{name}.json").write_bytes(
+        orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    )
     (RESULTS / f"{name}.md").write_text(render.markdown(summary, meta))
     plotted = render.plot(summary, RESULTS / f"{name}.png")
     say(f"wrote {RESULTS}/{name}.json, .md{', .png' if plotted else ''} in {meta['wall_s']:.0f} s")
-    if args.out is None and args.rounds is None and args.seconds is None:  # a standard run: the README shows it
+    if (
+        args.out is None and args.rounds is None and args.seconds is None
+    ):  # a standard run: the README shows it
         readme.update_section(name, render.readme_summary(summary, meta))
     print(render.headline(summary))
     return 0

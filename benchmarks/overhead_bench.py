@@ -55,10 +55,17 @@ class Plan:
     """A target leaves the ramp after this many levels in a row that add < 5% req/s over its best."""
 
 
-QUICK = Plan(rounds=2, seconds=2.5, ramp_levels=(4, 16, 64, 128, 256), ramp_seconds=2.0,
-             ramp_passes=1, ramp_patience=1)
-FULL = Plan(rounds=5, seconds=8.0, ramp_levels=(1, 2, 4, 8, 16, 32, 64, 128, 256), ramp_seconds=4.0,
-            ramp_passes=3, ramp_patience=2)
+QUICK = Plan(
+    rounds=2, seconds=2.5, ramp_levels=(4, 16, 64, 128, 256), ramp_seconds=2.0, ramp_passes=1, ramp_patience=1
+)
+FULL = Plan(
+    rounds=5,
+    seconds=8.0,
+    ramp_levels=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    ramp_seconds=4.0,
+    ramp_passes=3,
+    ramp_patience=2,
+)
 
 
 @dataclass(slots=True)
@@ -92,13 +99,25 @@ def _offload_version() -> str:
         from importlib.metadata import version
 
         base = version("offload")
-    except Exception:  # noqa: BLE001 - not installed: the checkout is what runs
+    except Exception:
         base = "checkout"
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=peers.ROOT, capture_output=True,
-                             text=True, timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "gateway"], cwd=peers.ROOT, capture_output=True,
-                               text=True, timeout=10, check=False).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=peers.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "gateway"],
+            cwd=peers.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
         return f"{base} ({rev}{'+dirty' if dirty else ''})"
     except (OSError, subprocess.SubprocessError):
         return base
@@ -107,8 +126,9 @@ def _offload_version() -> str:
 class Bench:
     """Starts the servers, runs the interleaved scenarios and the ramp, keeps every run's numbers."""
 
-    def __init__(self, plan: Plan, workdir: Path, names: list[str], reinstall: bool,
-                 baseline: Path | None = None) -> None:
+    def __init__(
+        self, plan: Plan, workdir: Path, names: list[str], reinstall: bool, baseline: Path | None = None
+    ) -> None:
         self.plan = plan
         self.baseline = baseline
         self.workdir = workdir
@@ -137,7 +157,7 @@ class Bench:
         for name in self.names:  # installs (if any) first, so that start-up times are comparable
             try:
                 made.append(self._make_target(name, engines))
-            except Exception as exc:  # noqa: BLE001 - a peer that cannot be installed is skipped, not fatal
+            except Exception as exc:
                 say(f"{name}: skipped ({exc})")
                 self.targets.append(Target(name, {}, [], "-", failed=str(exc)))
         for _, servers in made:
@@ -172,27 +192,49 @@ class Bench:
             return Target(name, urls, [server], _offload_version()), [server]
         if name == "offload-base" and self.baseline is not None:
             server = peers.offload_server(self.workdir, engines, root=self.baseline, name=name)
-            return Target(name, dict.fromkeys(engines, server.base_url), [server], f"checkout {self.baseline}"), [server]
+            return Target(
+                name, dict.fromkeys(engines, server.base_url), [server], f"checkout {self.baseline}"
+            ), [server]
         if name == "litellm":
             peer = peers.ensure_peer(peers.LITELLM, reinstall=self.reinstall, say=say)
             self._record_install(peer)
-            key = "sk-" + secrets.token_hex(24)  # LiteLLM refuses weak master keys; this one lives for one run
+            key = "sk-" + secrets.token_hex(
+                24
+            )  # LiteLLM refuses weak master keys; this one lives for one run
             server = peers.litellm_server(peer, self.workdir, engines, key)
-            return (Target("litellm", dict.fromkeys(engines, server.base_url), [server],
-                           f"litellm {peer.versions['litellm']}", {"Authorization": f"Bearer {key}"}), [server])
+            return (
+                Target(
+                    "litellm",
+                    dict.fromkeys(engines, server.base_url),
+                    [server],
+                    f"litellm {peer.versions['litellm']}",
+                    {"Authorization": f"Bearer {key}"},
+                ),
+                [server],
+            )
         if name == "vllm-router":
             peer = peers.ensure_peer(peers.VLLM_ROUTER, reinstall=self.reinstall, say=say)
             self._record_install(peer)
             # Regular mode does not route by model name: one router per simulator.
-            routers = {model: peers.router_server(peer, self.workdir, url, model) for model, url in engines.items()}
+            routers = {
+                model: peers.router_server(peer, self.workdir, url, model) for model, url in engines.items()
+            }
             urls = {model: r.base_url for model, r in routers.items()}
-            return (Target("vllm-router", urls, list(routers.values()),
-                           f"vllm-router {peer.versions['vllm-router']}"), list(routers.values()))
+            return (
+                Target(
+                    "vllm-router", urls, list(routers.values()), f"vllm-router {peer.versions['vllm-router']}"
+                ),
+                list(routers.values()),
+            )
         raise ValueError(f"unknown target {name!r}")
 
     def _record_install(self, peer: peers.PeerInstall) -> None:
-        self.installs[peer.spec.name] = {"venv": str(peer.venv), "requirements": list(peer.spec.requirements),
-                                         "versions": peer.versions, "install_seconds_this_run": peer.install_seconds}
+        self.installs[peer.spec.name] = {
+            "venv": str(peer.venv),
+            "requirements": list(peer.spec.requirements),
+            "versions": peer.versions,
+            "install_seconds_this_run": peer.install_seconds,
+        }
 
     def stop(self) -> None:
         for server in reversed(self.servers):
@@ -206,10 +248,19 @@ class Bench:
     async def measure(self, target: Target, stream: bool, concurrency: int, seconds: float) -> dict[str, Any]:
         """One bounded run against ``target``; its latencies and the CPU its processes used."""
         model = "stream" if stream else "fast"
-        config = LoadConfig(base_url=target.urls[model], model=model, stream=stream, concurrency=concurrency,
-                            requests=200_000, duration=seconds, prompt_tokens=Dist(128, 128),
-                            output_tokens=Dist(TOKENS, TOKENS), ignore_eos=False, headers=target.headers,
-                            timeout=60.0)
+        config = LoadConfig(
+            base_url=target.urls[model],
+            model=model,
+            stream=stream,
+            concurrency=concurrency,
+            requests=200_000,
+            duration=seconds,
+            prompt_tokens=Dist(128, 128),
+            output_tokens=Dist(TOKENS, TOKENS),
+            ignore_eos=False,
+            headers=target.headers,
+            timeout=60.0,
+        )
         load = os.getloadavg()[0]
         sim0, cpu0 = sum(cpu_seconds(s.pid) for s in self.sims), target.cpu()
         result = await run_load(config)
@@ -218,10 +269,17 @@ class Bench:
         summary = result.summary()
         ok = summary["succeeded"]
         run = {
-            "target": target.name, "stream": stream, "concurrency": concurrency, "loadavg": load,
-            "requests": summary["requests"], "ok": ok, "errors": summary["errors"],
-            "elapsed_s": summary["elapsed_s"], "rps": summary["requests_per_s"],
-            "cpu_s": cpu1 - cpu0, "cpu_ms_per_req": (cpu1 - cpu0) * 1000 / ok if ok else None,
+            "target": target.name,
+            "stream": stream,
+            "concurrency": concurrency,
+            "loadavg": load,
+            "requests": summary["requests"],
+            "ok": ok,
+            "errors": summary["errors"],
+            "elapsed_s": summary["elapsed_s"],
+            "rps": summary["requests_per_s"],
+            "cpu_s": cpu1 - cpu0,
+            "cpu_ms_per_req": (cpu1 - cpu0) * 1000 / ok if ok else None,
             "sim_cpu_ms_per_req": (sim1 - sim0) * 1000 / ok if ok else None,
         }
         for metric in ("latency", "ttft", "itl"):
@@ -240,7 +298,7 @@ class Bench:
 
     def _order(self, shift: int) -> list[Target]:
         live = self.live
-        return live[shift % len(live):] + live[: shift % len(live)] if live else []
+        return live[shift % len(live) :] + live[: shift % len(live)] if live else []
 
     async def scenarios(self) -> None:
         for scenario in SCENARIOS:
@@ -249,10 +307,12 @@ class Bench:
                     run = await self.measure(target, scenario.stream, scenario.concurrency, self.plan.seconds)
                     run.update(scenario=scenario.key, round=rnd)
                     self.runs.append(run)
-                    say(f"{scenario.key} r{rnd} {target.name:<12} {run['rps']:7.1f} req/s  "
-                         f"p50 {run.get('latency_p50_ms', float('nan')):7.2f} ms  "
-                         f"cpu {run['cpu_ms_per_req'] or float('nan'):6.2f} ms/req  "
-                         f"errors {sum(run['errors'].values())}")
+                    say(
+                        f"{scenario.key} r{rnd} {target.name:<12} {run['rps']:7.1f} req/s  "
+                        f"p50 {run.get('latency_p50_ms', float('nan')):7.2f} ms  "
+                        f"cpu {run['cpu_ms_per_req'] or float('nan'):6.2f} ms/req  "
+                        f"errors {sum(run['errors'].values())}"
+                    )
 
     async def ramp(self) -> None:
         for rpass in range(self.plan.ramp_passes):
@@ -272,5 +332,8 @@ class Bench:
 
     def peak_rss(self) -> dict[str, float]:
         """Largest single-process peak RSS per target (vllm-router runs one process per simulator)."""
-        return {t.name: max((peak_rss_mb(s.pid) for s in t.measured if s.alive()), default=0.0)
-                for t in self.targets if t.measured}
+        return {
+            t.name: max((peak_rss_mb(s.pid) for s in t.measured if s.alive()), default=0.0)
+            for t in self.targets
+            if t.measured
+        }

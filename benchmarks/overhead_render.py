@@ -9,8 +9,14 @@ from typing import Any
 
 from benchmarks.overhead_report import FLOOR, OFFLOAD
 
-COLORS = {"sim": "tab:gray", "offload": "tab:blue", "offload-log": "tab:cyan", "offload-base": "tab:purple", "litellm": "tab:orange",
-          "vllm-router": "tab:green"}
+COLORS = {
+    "sim": "tab:gray",
+    "offload": "tab:blue",
+    "offload-log": "tab:cyan",
+    "offload-base": "tab:purple",
+    "litellm": "tab:orange",
+    "vllm-router": "tab:green",
+}
 
 
 def _f(value: float | None, digits: int = 2, sign: bool = False) -> str:
@@ -29,44 +35,69 @@ def _times(ratio: float | None) -> str:
 def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     m = meta["machine"]
     lines = [
-        f"# Gateway overhead, side by side ({meta['mode']} run, {meta['started_at']})", "",
-        (f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), Python {m['python']}, load average "
-         f"{m['loadavg_start'][0]:.2f} at the start, {m['loadavg_end'][0]:.2f} at the end "
-         "(other jobs shared the machine: compare within this file only)."),
-        (f"Plan: {meta['plan']['rounds']} interleaved rounds of {meta['plan']['seconds']} s per scenario and "
-         f"target; answers of {meta['tokens_per_answer']} tokens, prompts of {meta['prompt_words']} words; streams "
-         f"are {meta['tokens_per_answer']} one-token chunks {meta['stream_itl_s'] * 1000:.0f} ms apart. "
-         f"Medians over rounds; \"added\" = target minus the simulator alone in the same round. "
-         f"Wall time {meta['wall_s']:.0f} s."), "",
-        "| target | version | processes | ready in |", "| --- | --- | --- | --- |",
+        f"# Gateway overhead, side by side ({meta['mode']} run, {meta['started_at']})",
+        "",
+        (
+            f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), Python {m['python']}, load average "
+            f"{m['loadavg_start'][0]:.2f} at the start, {m['loadavg_end'][0]:.2f} at the end "
+            "(other jobs shared the machine: compare within this file only)."
+        ),
+        (
+            f"Plan: {meta['plan']['rounds']} interleaved rounds of {meta['plan']['seconds']} s per scenario and "
+            f"target; answers of {meta['tokens_per_answer']} tokens, prompts of {meta['prompt_words']} words; streams "
+            f"are {meta['tokens_per_answer']} one-token chunks {meta['stream_itl_s'] * 1000:.0f} ms apart. "
+            f'Medians over rounds; "added" = target minus the simulator alone in the same round. '
+            f"Wall time {meta['wall_s']:.0f} s."
+        ),
+        "",
+        "| target | version | processes | ready in |",
+        "| --- | --- | --- | --- |",
     ]
     for name, t in meta["targets"].items():
         state = f"FAILED: {t['failed'][:80]}" if t["failed"] else f"{t['ready_s']:.1f} s"
         lines.append(f"| {name} | {t['version']} | {', '.join(t['processes']) or '-'} | {state} |")
     labels = summary["scenario_labels"]
-    lines += ["", "## Non-streaming (added latency vs the floor, gateway CPU per request)", "",
-              "| scenario | target | p50 ms | p99 ms | added p50 | added p99 | req/s | CPU ms/req | errors |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Non-streaming (added latency vs the floor, gateway CPU per request)",
+        "",
+        "| scenario | target | p50 ms | p99 ms | added p50 | added p99 | req/s | CPU ms/req | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for key in ("ns1", "ns10", "ns64"):
         for target, row in summary["scenarios"].get(key, {}).items():
             cpu = "(floor)" if target == FLOOR else _f(row["cpu_ms_per_req"], 3)
-            lines.append(f"| {labels[key]} | {target} | {_f(row['latency_p50_ms'])} | {_f(row['latency_p99_ms'])} | "
-                         f"{_f(row['added_latency_p50_ms'], 2, True)} | {_f(row['added_latency_p99_ms'], 2, True)} | "
-                         f"{_f(row['rps'], 0)} | {cpu} | {row['errors']} |")
-    lines += ["", "## Streaming (added time to first token and inter-token gap, CPU per stream)", "",
-              ("| scenario | target | TTFT p50 | added TTFT p50 | added TTFT p99 | gap p50 | gap p99 | "
-               "added gap p50 | added gap p99 | streams/s | CPU ms/stream | errors |"),
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            lines.append(
+                f"| {labels[key]} | {target} | {_f(row['latency_p50_ms'])} | {_f(row['latency_p99_ms'])} | "
+                f"{_f(row['added_latency_p50_ms'], 2, True)} | {_f(row['added_latency_p99_ms'], 2, True)} | "
+                f"{_f(row['rps'], 0)} | {cpu} | {row['errors']} |"
+            )
+    lines += [
+        "",
+        "## Streaming (added time to first token and inter-token gap, CPU per stream)",
+        "",
+        (
+            "| scenario | target | TTFT p50 | added TTFT p50 | added TTFT p99 | gap p50 | gap p99 | "
+            "added gap p50 | added gap p99 | streams/s | CPU ms/stream | errors |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for key in ("s10", "s64"):
         for target, row in summary["scenarios"].get(key, {}).items():
             cpu = "(floor)" if target == FLOOR else _f(row["cpu_ms_per_req"], 2)
-            lines.append(f"| {labels[key]} | {target} | {_f(row['ttft_p50_ms'])} | {_f(row['added_ttft_p50_ms'], 2, True)} | "
-                         f"{_f(row['added_ttft_p99_ms'], 2, True)} | {_f(row['itl_p50_ms'])} | {_f(row['itl_p99_ms'])} | "
-                         f"{_f(row['added_itl_p50_ms'], 2, True)} | {_f(row['added_itl_p99_ms'], 2, True)} | "
-                         f"{_f(row['rps'], 0)} | {cpu} | {row['errors']} |")
-    lines += ["", "## Throughput ramp (non-streaming, concurrency raised until req/s stops growing)", "",
-              "| target | max req/s | at concurrency | CPU ms/req there | peak RSS MB | req/s by concurrency |",
-              "| --- | --- | --- | --- | --- | --- |"]
+            lines.append(
+                f"| {labels[key]} | {target} | {_f(row['ttft_p50_ms'])} | {_f(row['added_ttft_p50_ms'], 2, True)} | "
+                f"{_f(row['added_ttft_p99_ms'], 2, True)} | {_f(row['itl_p50_ms'])} | {_f(row['itl_p99_ms'])} | "
+                f"{_f(row['added_itl_p50_ms'], 2, True)} | {_f(row['added_itl_p99_ms'], 2, True)} | "
+                f"{_f(row['rps'], 0)} | {cpu} | {row['errors']} |"
+            )
+    lines += [
+        "",
+        "## Throughput ramp (non-streaming, concurrency raised until req/s stops growing)",
+        "",
+        "| target | max req/s | at concurrency | CPU ms/req there | peak RSS MB | req/s by concurrency |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for target in summary["targets"]:
         ramp = summary["ramp"].get(target)
         rss = summary["peak_rss_mb"].get(target)
@@ -75,19 +106,32 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             continue
         curve = ", ".join(f"{c}: {v:.0f}" for c, v in ramp["curve"].items() if v is not None)
         cpu = "(floor)" if target == FLOOR else _f(ramp["cpu_ms_per_req_at_max"], 3)
-        lines.append(f"| {target} | {_f(ramp['max_rps'], 0)} | {ramp['at_concurrency']} | {cpu} | "
-                     f"{_f(rss, 0)} | {curve} |")
-    lines += ["", ("Peak RSS is VmHWM of the gateway process (vllm-router: the larger of its two processes); "
-                   "the floor's row is the simulators'. The floor's max req/s is the ceiling of the load generator "
-                   "and simulator on this machine, not a gateway number."), ""]
+        lines.append(
+            f"| {target} | {_f(ramp['max_rps'], 0)} | {ramp['at_concurrency']} | {cpu} | "
+            f"{_f(rss, 0)} | {curve} |"
+        )
+    lines += [
+        "",
+        (
+            "Peak RSS is VmHWM of the gateway process (vllm-router: the larger of its two processes); "
+            "the floor's row is the simulators'. The floor's max req/s is the ceiling of the load generator "
+            "and simulator on this machine, not a gateway number."
+        ),
+        "",
+    ]
     for peer, per in summary["ratios"].items():
-        lines += [f"## Offload / {peer}", "",
-                  "| scenario | CPU per request | added p50 | added p99 | added TTFT p50 | added gap p99 |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## Offload / {peer}",
+            "",
+            "| scenario | CPU per request | added p50 | added p99 | added TTFT p50 | added gap p99 |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for key, r in per.items():
-            lines.append(f"| {labels[key]} | {_f(r['cpu_per_req'], 3)} ({_times(r['cpu_per_req'])}) | "
-                         f"{_f(r['added_latency_p50_ms'], 3)} | {_f(r['added_latency_p99_ms'], 3)} | "
-                         f"{_f(r['added_ttft_p50_ms'], 3)} | {_f(r['added_itl_p99_ms'], 3)} |")
+            lines.append(
+                f"| {labels[key]} | {_f(r['cpu_per_req'], 3)} ({_times(r['cpu_per_req'])}) | "
+                f"{_f(r['added_latency_p50_ms'], 3)} | {_f(r['added_latency_p99_ms'], 3)} | "
+                f"{_f(r['added_ttft_p50_ms'], 3)} | {_f(r['added_itl_p99_ms'], 3)} |"
+            )
         lines.append("")
     lines += ["## Offload's goals", "", "| goal | measured | met |", "| --- | --- | --- |"]
     for goal in summary["goals"]:
@@ -113,9 +157,11 @@ def headline(summary: dict[str, Any]) -> str:
     parts = [first]
     for peer, per in summary["ratios"].items():
         r = per.get("ns1", {})
-        parts.append(f"vs {peer}: {_times(r.get('cpu_per_req'))} CPU/req, "
-                     f"{_times(r.get('added_latency_p50_ms'))} added p50, "
-                     f"{_times(per.get('s64', {}).get('cpu_per_req'))} CPU/stream")
+        parts.append(
+            f"vs {peer}: {_times(r.get('cpu_per_req'))} CPU/req, "
+            f"{_times(r.get('added_latency_p50_ms'))} added p50, "
+            f"{_times(per.get('s64', {}).get('cpu_per_req'))} CPU/stream"
+        )
     met = sum(g["ok"] for g in summary["goals"])
     parts.append(f"goals met {met}/{len(summary['goals'])}")
     return "; ".join(parts)
@@ -139,7 +185,9 @@ def plot(summary: dict[str, Any], path: Path) -> bool:
         width = 0.8 / max(1, len(names))
         for i, name in enumerate(names):
             values = [s.get(key, {}).get(name, {}).get(metric) or 0.0 for _, key, metric in groups]
-            ax.bar([g + i * width for g in range(len(groups))], values, width, label=name, color=COLORS.get(name))
+            ax.bar(
+                [g + i * width for g in range(len(groups))], values, width, label=name, color=COLORS.get(name)
+            )
         ax.set_xticks([g + width * (len(names) - 1) / 2 for g in range(len(groups))])
         ax.set_xticklabels([label for label, _, _ in groups], fontsize=8)
         ax.set_yscale("symlog", linthresh=0.1)
@@ -148,15 +196,37 @@ def plot(summary: dict[str, Any], path: Path) -> bool:
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
 
-    bars(axes[0][0], [(f"{c} p{q}", k, f"added_latency_p{q}_ms") for c, k in (("1", "ns1"), ("10", "ns10"),
-                                                                               ("64", "ns64")) for q in (50, 99)],
-         gateways, "Added latency, non-streaming (clients, percentile)", "ms over the simulator alone")
-    bars(axes[0][1], [(k, k, "cpu_ms_per_req") for k in ("ns1", "ns10", "ns64", "s10", "s64")],
-         gateways, "Gateway CPU per request (streams: per stream)", "CPU ms")
-    bars(axes[1][0], [("TTFT p50 @10", "s10", "added_ttft_p50_ms"), ("TTFT p99 @10", "s10", "added_ttft_p99_ms"),
-                      ("TTFT p50 @64", "s64", "added_ttft_p50_ms"), ("gap p50 @64", "s64", "added_itl_p50_ms"),
-                      ("gap p99 @64", "s64", "added_itl_p99_ms")],
-         gateways, "Streaming: added TTFT and inter-token gap", "ms over the simulator alone")
+    bars(
+        axes[0][0],
+        [
+            (f"{c} p{q}", k, f"added_latency_p{q}_ms")
+            for c, k in (("1", "ns1"), ("10", "ns10"), ("64", "ns64"))
+            for q in (50, 99)
+        ],
+        gateways,
+        "Added latency, non-streaming (clients, percentile)",
+        "ms over the simulator alone",
+    )
+    bars(
+        axes[0][1],
+        [(k, k, "cpu_ms_per_req") for k in ("ns1", "ns10", "ns64", "s10", "s64")],
+        gateways,
+        "Gateway CPU per request (streams: per stream)",
+        "CPU ms",
+    )
+    bars(
+        axes[1][0],
+        [
+            ("TTFT p50 @10", "s10", "added_ttft_p50_ms"),
+            ("TTFT p99 @10", "s10", "added_ttft_p99_ms"),
+            ("TTFT p50 @64", "s64", "added_ttft_p50_ms"),
+            ("gap p50 @64", "s64", "added_itl_p50_ms"),
+            ("gap p99 @64", "s64", "added_itl_p99_ms"),
+        ],
+        gateways,
+        "Streaming: added TTFT and inter-token gap",
+        "ms over the simulator alone",
+    )
     ax = axes[1][1]
     for name in targets:
         ramp = summary["ramp"].get(name)
@@ -188,9 +258,15 @@ def readme_summary(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['machine']['loadavg_start'][0]:.1f} at the start and {meta['machine']['loadavg_end'][0]:.1f} at "
         f"the end; {meta['plan']['rounds']} interleaved rounds of {meta['plan']['seconds']} s. Absolute values "
         "for the floor, added values (target minus floor, same round) for the gateways. Versions: "
-        + ", ".join(versions[n] if versions[n].startswith(n) else f"{n} {versions[n]}"
-                    for n in names if n != FLOOR and n in versions) + ".",
-        "", f"| | {head} |", "|---" * (len(names) + 1) + "|",
+        + ", ".join(
+            versions[n] if versions[n].startswith(n) else f"{n} {versions[n]}"
+            for n in names
+            if n != FLOOR and n in versions
+        )
+        + ".",
+        "",
+        f"| | {head} |",
+        "|---" * (len(names) + 1) + "|",
     ]
 
     def row(label: str, key: str, metric: str, floor_metric: str | None, digits: int = 2) -> None:
@@ -206,19 +282,33 @@ def readme_summary(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     row("latency p50 @1 client (ms)", "ns1", "added_latency_p50_ms", "latency_p50_ms")
     row("latency p99 @1 client (ms)", "ns1", "added_latency_p99_ms", "latency_p99_ms")
     for key, label in (("ns1", "1"), ("ns10", "10"), ("ns64", "64")):
-        row(f"gateway CPU per request @{label} client{'s' if label != '1' else ''} (ms)", key, "cpu_ms_per_req",
-            None, 3)
+        row(
+            f"gateway CPU per request @{label} client{'s' if label != '1' else ''} (ms)",
+            key,
+            "cpu_ms_per_req",
+            None,
+            3,
+        )
     row("TTFT p50 @10 streams (ms)", "s10", "added_ttft_p50_ms", "ttft_p50_ms")
     row("inter-token gap p99 @64 streams (ms)", "s64", "added_itl_p99_ms", "itl_p99_ms")
     row("gateway CPU per stream @10 streams (ms)", "s10", "cpu_ms_per_req", None)
     row("gateway CPU per stream @64 streams (ms)", "s64", "cpu_ms_per_req", None)
-    lines.append("| max req/s (ramp) | " + " | ".join(
-        _f(summary["ramp"].get(n, {}).get("max_rps"), 0) for n in names) + " |")
-    lines.append("| peak RSS (MB) | " + " | ".join(_f(summary["peak_rss_mb"].get(n), 0) for n in names) + " |")
+    lines.append(
+        "| max req/s (ramp) | "
+        + " | ".join(_f(summary["ramp"].get(n, {}).get("max_rps"), 0) for n in names)
+        + " |"
+    )
+    lines.append(
+        "| peak RSS (MB) | " + " | ".join(_f(summary["peak_rss_mb"].get(n), 0) for n in names) + " |"
+    )
     for peer, per in summary["ratios"].items():
-        lines.append(f"\nOffload / {peer}: CPU per request {_times(per.get('ns1', {}).get('cpu_per_req'))} at 1 "
-                     f"client, {_times(per.get('ns64', {}).get('cpu_per_req'))} at 64; CPU per stream "
-                     f"{_times(per.get('s64', {}).get('cpu_per_req'))} at 64 streams.")
+        lines.append(
+            f"\nOffload / {peer}: CPU per request {_times(per.get('ns1', {}).get('cpu_per_req'))} at 1 "
+            f"client, {_times(per.get('ns64', {}).get('cpu_per_req'))} at 64; CPU per stream "
+            f"{_times(per.get('s64', {}).get('cpu_per_req'))} at 64 streams."
+        )
     lines += ["", "| Offload's goal | measured | met |", "| --- | --- | --- |"]
-    lines += [f"| {g['goal']} | {_f(g['value'], 3)} | {'yes' if g['ok'] else '**no**'} |" for g in summary["goals"]]
+    lines += [
+        f"| {g['goal']} | {_f(g['value'], 3)} | {'yes' if g['ok'] else '**no**'} |" for g in summary["goals"]
+    ]
     return "\n".join(lines)

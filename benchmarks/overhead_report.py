@@ -11,8 +11,17 @@ from typing import Any
 
 FLOOR = "sim"
 OFFLOAD = "offload"
-METRICS = ("latency_p50_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms",
-           "rps", "cpu_ms_per_req", "sim_cpu_ms_per_req")
+METRICS = (
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "itl_p50_ms",
+    "itl_p99_ms",
+    "rps",
+    "cpu_ms_per_req",
+    "sim_cpu_ms_per_req",
+)
 ADDED = METRICS[:6]
 # Offload's goals: (label, scenario, key, limit); a key starting with "ratio:" reads summary["ratios"].
 GOALS = (
@@ -35,8 +44,13 @@ def median(values: Iterable[float | None]) -> float | None:
     return statistics.median(clean) if clean else None
 
 
-def summarize(runs: list[dict[str, Any]], ramp_runs: list[dict[str, Any]], rss: dict[str, float],
-              targets: list[str], scenarios: list[tuple[str, str]]) -> dict[str, Any]:
+def summarize(
+    runs: list[dict[str, Any]],
+    ramp_runs: list[dict[str, Any]],
+    rss: dict[str, float],
+    targets: list[str],
+    scenarios: list[tuple[str, str]],
+) -> dict[str, Any]:
     """Per scenario and target: medians over rounds; "added" = minus the floor of the same round."""
     by = {(r["scenario"], r["round"], r["target"]): r for r in runs}
     out: dict[str, Any] = {"scenarios": {}, "scenario_labels": dict(scenarios), "targets": targets}
@@ -66,8 +80,9 @@ def summarize(runs: list[dict[str, Any]], ramp_runs: list[dict[str, Any]], rss: 
     return out
 
 
-def _ratios(by: dict[tuple[str, int, str], dict[str, Any]], table: dict[str, Any], targets: list[str],
-            keys: list[str]) -> dict[str, Any]:
+def _ratios(
+    by: dict[tuple[str, int, str], dict[str, Any]], table: dict[str, Any], targets: list[str], keys: list[str]
+) -> dict[str, Any]:
     """Offload / peer: CPU per request paired within each round (then the median); added latencies
     from the medians (their per-round differences are too small to divide)."""
     ratios: dict[str, Any] = {}
@@ -78,12 +93,19 @@ def _ratios(by: dict[tuple[str, int, str], dict[str, Any]], table: dict[str, Any
             cpu = median(
                 by[(key, n, OFFLOAD)]["cpu_ms_per_req"] / by[(key, n, peer)]["cpu_ms_per_req"]
                 for n in rounds
-                if (key, n, OFFLOAD) in by and (key, n, peer) in by
-                and by[(key, n, OFFLOAD)]["cpu_ms_per_req"] and by[(key, n, peer)]["cpu_ms_per_req"]
+                if (key, n, OFFLOAD) in by
+                and (key, n, peer) in by
+                and by[(key, n, OFFLOAD)]["cpu_ms_per_req"]
+                and by[(key, n, peer)]["cpu_ms_per_req"]
             )
             entry: dict[str, Any] = {"cpu_per_req": cpu}
             mine, theirs = table[key].get(OFFLOAD, {}), table[key].get(peer, {})
-            for m in ("added_latency_p50_ms", "added_latency_p99_ms", "added_ttft_p50_ms", "added_itl_p99_ms"):
+            for m in (
+                "added_latency_p50_ms",
+                "added_latency_p99_ms",
+                "added_ttft_p50_ms",
+                "added_itl_p99_ms",
+            ):
                 a, b = mine.get(m), theirs.get(m)
                 entry[m] = a / b if a is not None and b is not None and b > 0 and a > 0 else None
             per[key] = entry
@@ -99,11 +121,18 @@ def _ramp(ramp_runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]
             continue
         levels = sorted({r["concurrency"] for r in mine})
         curve = {c: median(r["rps"] for r in mine if r["concurrency"] == c) for c in levels}
-        per_pass = [max(r["rps"] for r in mine if r["round"] == p) for p in sorted({r["round"] for r in mine})]
+        per_pass = [
+            max(r["rps"] for r in mine if r["round"] == p) for p in sorted({r["round"] for r in mine})
+        ]
         best = max(curve, key=lambda c: curve[c] or 0.0)
         cpu_at_best = median(r["cpu_ms_per_req"] for r in mine if r["concurrency"] == best)
-        out[target] = {"max_rps": median(per_pass), "at_concurrency": best, "curve": curve,
-                       "cpu_ms_per_req_at_max": cpu_at_best, "passes": len(per_pass)}
+        out[target] = {
+            "max_rps": median(per_pass),
+            "at_concurrency": best,
+            "curve": curve,
+            "cpu_ms_per_req_at_max": cpu_at_best,
+            "passes": len(per_pass),
+        }
     return out
 
 
@@ -115,14 +144,29 @@ def _goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
     s64 = summary["scenarios"].get("s64", {})
     mine, floor = s64.get(OFFLOAD, {}).get("rps"), s64.get(FLOOR, {}).get("rps")
     share = mine / floor if mine and floor else None
-    goals.append({"goal": "streams/s @64 streams >= 0.98x direct", "value": share,
-                  "ok": share is not None and share >= 0.98})
+    goals.append(
+        {
+            "goal": "streams/s @64 streams >= 0.98x direct",
+            "value": share,
+            "ok": share is not None and share >= 0.98,
+        }
+    )
     rss = summary["peak_rss_mb"].get(OFFLOAD)
     goals.append({"goal": "peak RSS <= 150 MB", "value": rss, "ok": rss is not None and rss <= 150})
     lite = summary["ratios"].get("litellm", {}).get("ns1", {}).get("cpu_per_req")
-    goals.append({"goal": ">= 15x less CPU/request than LiteLLM (1 client)",
-                  "value": 1 / lite if lite else None, "ok": bool(lite) and 1 / lite >= 15})
+    goals.append(
+        {
+            "goal": ">= 15x less CPU/request than LiteLLM (1 client)",
+            "value": 1 / lite if lite else None,
+            "ok": bool(lite) and 1 / lite >= 15,
+        }
+    )
     router = summary["ratios"].get("vllm-router", {}).get("ns1", {}).get("cpu_per_req")
-    goals.append({"goal": "CPU/request within 3x of vllm-router (1 client)", "value": router,
-                  "ok": router is not None and router <= 3})
+    goals.append(
+        {
+            "goal": "CPU/request within 3x of vllm-router (1 client)",
+            "value": router,
+            "ok": router is not None and router <= 3,
+        }
+    )
     return goals

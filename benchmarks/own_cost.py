@@ -45,11 +45,21 @@ models:
 
 
 def _event(finish: str | None, content: str) -> bytes:
-    return b"data: " + orjson.dumps({
-        "id": "chatcmpl-0123456789abcdef", "object": "chat.completion.chunk", "created": 1795783500,
-        "model": "engine", "choices": [{"index": 0, "delta": {"content": content}, "logprobs": None,
-                                        "finish_reason": finish}],
-    }) + b"\n\n"  # fmt: skip
+    return (
+        b"data: "
+        + orjson.dumps(
+            {
+                "id": "chatcmpl-0123456789abcdef",
+                "object": "chat.completion.chunk",
+                "created": 1795783500,
+                "model": "engine",
+                "choices": [
+                    {"index": 0, "delta": {"content": content}, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+        )
+        + b"\n\n"
+    )
 
 
 # What vLLM sends for a 32-token stream that asked for usage: one read per event, as at low load.
@@ -60,12 +70,23 @@ STREAM = [_event(None, " word") for _ in range(TOKENS - 1)] + [
     b'"usage":{"prompt_tokens":130,"completion_tokens":32,"total_tokens":162}}\n\n',
     b"data: [DONE]\n\n",
 ]
-ANSWER = orjson.dumps({
-    "id": "chatcmpl-0123456789abcdef", "object": "chat.completion", "created": 1795783500, "model": "engine",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": " word" * TOKENS}, "logprobs": None,
-                 "finish_reason": "length"}],
-    "usage": {"prompt_tokens": 130, "completion_tokens": TOKENS, "total_tokens": 130 + TOKENS},
-})  # fmt: skip
+ANSWER = orjson.dumps(
+    {
+        "id": "chatcmpl-0123456789abcdef",
+        "object": "chat.completion",
+        "created": 1795783500,
+        "model": "engine",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": " word" * TOKENS},
+                "logprobs": None,
+                "finish_reason": "length",
+            }
+        ],
+        "usage": {"prompt_tokens": 130, "completion_tokens": TOKENS, "total_tokens": 130 + TOKENS},
+    }
+)
 
 
 class _Content:
@@ -101,12 +122,26 @@ class MemoryUpstream(Upstream):
 
 
 def _scope(body: bytes) -> dict[str, Any]:
-    headers = [(b"host", b"gateway"), (b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]  # fmt: skip
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-            "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-            "query_string": b"", "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000), "state": {}}  # fmt: skip
+    headers = [
+        (b"host", b"gateway"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
 
 
 def _caller(app: Callable[..., Awaitable[None]], stream: bool) -> Callable[[], Awaitable[bytes]]:
@@ -164,8 +199,10 @@ def _problem(answer: dict[str, Any], events: list[bytes]) -> str | None:
 
 async def measure(requests: int, streams: int, rounds: int = 5) -> dict[str, Any]:
     """Median CPU microseconds per non-streaming request, per stream, and per stream event."""
-    settings = Settings(health=HealthSettings(probe_interval=600, scrape_interval=0, dns_interval=0),
-                        log=LogSettings(access=False))  # fmt: skip
+    settings = Settings(
+        health=HealthSettings(probe_interval=600, scrape_interval=0, dns_interval=0),
+        log=LogSettings(access=False),
+    )
     app = create_app(settings, parse_config(_CONFIG), upstream=MemoryUpstream(settings.upstream))
     async with app.lifespan():  # (raised inside, an error would reach us wrapped in a group)
         complete, stream = _caller(app, False), _caller(app, True)
@@ -182,8 +219,10 @@ async def measure(requests: int, streams: int, rounds: int = 5) -> dict[str, Any
         "stream_us": round(stream_us, 1),
         # a stream's cost beyond a request's, over its events (32 tokens and the usage chunk)
         "event_us": round((stream_us - request_us) / (TOKENS + 1), 2),
-        "rounds": {"request_us": [round(s * 1e6, 1) for s in per_request],
-                   "stream_us": [round(s * 1e6, 1) for s in per_stream]},  # fmt: skip
+        "rounds": {
+            "request_us": [round(s * 1e6, 1) for s in per_request],
+            "stream_us": [round(s * 1e6, 1) for s in per_stream],
+        },
         "requests": requests,
         "streams": streams,
         "python": platform.python_version(),
@@ -215,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{args.out}.md").write_text(render(result))
-    print(f"Offload's own CPU: {result['request_us']} µs per request, {result['stream_us']} µs per "
-          f"{TOKENS}-token stream, {result['event_us']} µs per event -> {RESULTS / args.out}.json, .md")
+    print(
+        f"Offload's own CPU: {result['request_us']} µs per request, {result['stream_us']} µs per "
+        f"{TOKENS}-token stream, {result['event_us']} µs per event -> {RESULTS / args.out}.json, .md"
+    )
     return 0
 
 

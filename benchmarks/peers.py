@@ -81,7 +81,9 @@ class PeerInstall:
         return self.venv / "bin" / name
 
 
-def ensure_peer(spec: PeerSpec, *, reinstall: bool = False, say: Callable[[str], None] = print) -> PeerInstall:
+def ensure_peer(
+    spec: PeerSpec, *, reinstall: bool = False, say: Callable[[str], None] = print
+) -> PeerInstall:
     """The peer's virtualenv, installed first if needed (a few minutes the first time)."""
     venv = peers_dir() / spec.name
     marker = venv / _MARKER
@@ -96,18 +98,38 @@ def ensure_peer(spec: PeerSpec, *, reinstall: bool = False, say: Callable[[str],
     started = time.monotonic()
     log = venv.parent / f"{spec.name}-install.log"
     with log.open("wb") as out:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=out, timeout=300)
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=out, timeout=300
+        )
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
         done = subprocess.run([*pip, *spec.requirements], stdout=out, stderr=out, timeout=1800, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"installing {spec.name} failed; see {log}")
     seconds = time.monotonic() - started
-    probe = ("import importlib.metadata as m, json, sys; "
-             "print(json.dumps({d: m.version(d) for d in sys.argv[1:]}))")
-    versions = json.loads(subprocess.run([str(venv / "bin" / "python"), "-c", probe, *spec.recorded],
-                                         check=True, capture_output=True, text=True, timeout=60).stdout)
-    marker.write_text(json.dumps({"requirements": spec.requirements, "versions": versions,
-                                  "install_seconds": round(seconds, 1), "installed_at": time.time()}, indent=2))
+    probe = (
+        "import importlib.metadata as m, json, sys; "
+        "print(json.dumps({d: m.version(d) for d in sys.argv[1:]}))"
+    )
+    versions = json.loads(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", probe, *spec.recorded],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    marker.write_text(
+        json.dumps(
+            {
+                "requirements": spec.requirements,
+                "versions": versions,
+                "install_seconds": round(seconds, 1),
+                "installed_at": time.time(),
+            },
+            indent=2,
+        )
+    )
     say(f"installed {spec.name} {versions.get(spec.recorded[0])} in {seconds:.0f} s")
     return PeerInstall(spec, venv, versions, seconds)
 
@@ -137,9 +159,15 @@ class Server:
 
     def start(self) -> Server:
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv, cwd=self.log_path.parent, env={**os.environ, **self.env},
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.log_path.parent,
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.started_in = time.monotonic()
         return self
 
@@ -195,14 +223,35 @@ def wait_all(servers: list[Server]) -> dict[str, float]:
 def sim_server(workdir: Path, model: str, *, itl: float, output_tokens: int) -> Server:
     """The engine simulator serving ``model`` (no TTFT delay; ``itl`` seconds between tokens)."""
     port = free_port()
-    argv = [sys.executable, "-m", "engines.sim", "--host", "127.0.0.1", "--port", str(port),
-            "--served-model-name", model, "--ttft", "0", "--itl", str(itl), "--output-tokens", str(output_tokens)]
-    return Server(f"sim-{model}", argv, port, "/health", workdir / f"sim-{model}.log",
-                  env={"PYTHONPATH": str(ROOT)})
+    argv = [
+        sys.executable,
+        "-m",
+        "engines.sim",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        model,
+        "--ttft",
+        "0",
+        "--itl",
+        str(itl),
+        "--output-tokens",
+        str(output_tokens),
+    ]
+    return Server(
+        f"sim-{model}", argv, port, "/health", workdir / f"sim-{model}.log", env={"PYTHONPATH": str(ROOT)}
+    )
 
 
 def offload_server(
-    workdir: Path, engines: dict[str, str], *, access_log: bool = False, root: Path = ROOT, name: str | None = None
+    workdir: Path,
+    engines: dict[str, str],
+    *,
+    access_log: bool = False,
+    root: Path = ROOT,
+    name: str | None = None,
 ) -> Server:
     """``python -m gateway serve`` with one chat model per engine URL; production defaults otherwise.
 
@@ -210,13 +259,30 @@ def offload_server(
     """
     port = free_port()
     config = workdir / "offload.yaml"
-    config.write_text(yaml.safe_dump({"models": [
-        {"name": name, "task": "chat", "engine": {"url": url}} for name, url in engines.items()]}))
-    env = {"OFFLOAD_CONFIG": str(config), "OFFLOAD_LOG__ACCESS": "true" if access_log else "false",
-           "OFFLOAD_LOG__FORMAT": "json", "PYTHONPATH": str(root)}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {"name": name, "task": "chat", "engine": {"url": url}} for name, url in engines.items()
+                ]
+            }
+        )
+    )
+    env = {
+        "OFFLOAD_CONFIG": str(config),
+        "OFFLOAD_LOG__ACCESS": "true" if access_log else "false",
+        "OFFLOAD_LOG__FORMAT": "json",
+        "PYTHONPATH": str(root),
+    }
     name = name or ("offload-log" if access_log else "offload")
-    return Server(name, [sys.executable, "-m", "gateway", "serve", "--port", str(port)], port, "/ready?all=true",
-                  workdir / f"{name}.log", env=env)
+    return Server(
+        name,
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        port,
+        "/ready?all=true",
+        workdir / f"{name}.log",
+        env=env,
+    )
 
 
 def litellm_server(peer: PeerInstall, workdir: Path, engines: dict[str, str], master_key: str) -> Server:
@@ -224,26 +290,67 @@ def litellm_server(peer: PeerInstall, workdir: Path, engines: dict[str, str], ma
     spend and error logs off, no debug logs, local price map."""
     port = free_port()
     config = workdir / "litellm.yaml"
-    config.write_text(yaml.safe_dump({
-        "model_list": [
-            {"model_name": name, "litellm_params": {"model": f"openai/{name}", "api_base": url + "/v1",
-                                                    "api_key": "none"}}
-            for name, url in engines.items()
-        ],
-        "general_settings": {"master_key": master_key, "disable_spend_logs": True, "disable_error_logs": True},
-        "litellm_settings": {"request_timeout": 600, "set_verbose": False, "json_logs": True},
-    }))
-    env = {"LITELLM_LOG": "ERROR", "LITELLM_MODE": "PRODUCTION", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-           "DISABLE_SCHEMA_UPDATE": "true"}
-    argv = [str(peer.bin("litellm")), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-            "--num_workers", "1"]
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_list": [
+                    {
+                        "model_name": name,
+                        "litellm_params": {
+                            "model": f"openai/{name}",
+                            "api_base": url + "/v1",
+                            "api_key": "none",
+                        },
+                    }
+                    for name, url in engines.items()
+                ],
+                "general_settings": {
+                    "master_key": master_key,
+                    "disable_spend_logs": True,
+                    "disable_error_logs": True,
+                },
+                "litellm_settings": {"request_timeout": 600, "set_verbose": False, "json_logs": True},
+            }
+        )
+    )
+    env = {
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_MODE": "PRODUCTION",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "DISABLE_SCHEMA_UPDATE": "true",
+    }
+    argv = [
+        str(peer.bin("litellm")),
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
     return Server("litellm", argv, port, "/health/liveliness", workdir / "litellm.log", env=env)
 
 
 def router_server(peer: PeerInstall, workdir: Path, worker_url: str, tag: str) -> Server:
     """vllm-router (Rust) in regular mode in front of one worker; cheapest policy, no per-request logs."""
     port = free_port()
-    argv = [str(peer.bin("vllm-router")), "--host", "127.0.0.1", "--port", str(port),
-            "--worker-urls", worker_url, "--policy", "round_robin",
-            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()), "--log-level", "warning"]
+    argv = [
+        str(peer.bin("vllm-router")),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--worker-urls",
+        worker_url,
+        "--policy",
+        "round_robin",
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(free_port()),
+        "--log-level",
+        "warning",
+    ]
     return Server(f"vllm-router-{tag}", argv, port, "/health", workdir / f"vllm-router-{tag}.log")

@@ -37,8 +37,10 @@ def plot(result: LoadResult, path: Path) -> bool:
     twin.set_ylabel("requests/s", color="tab:orange")
     right.set_title("Throughput over time")
     config = result.config
-    figure.suptitle(f"{config.get('kind')} {'stream' if config.get('stream') else 'non-stream'} "
-                    f"- {config.get('model')} - {len(result.ok)}/{len(result.records)} ok")
+    figure.suptitle(
+        f"{config.get('kind')} {'stream' if config.get('stream') else 'non-stream'} "
+        f"- {config.get('model')} - {len(result.ok)}/{len(result.records)} ok"
+    )
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

@@ -34,8 +34,34 @@ from gateway.settings import Settings
 from tests.integration.servers import GatewayProcess, engine_gauge, free_port
 
 RESULTS = readme.RESULTS
-_WORDS = ("river stone market engine lantern harbor meadow signal copper garden winter orbit canvas "
-          "thunder pilot velvet anchor summit ledger prism falcon ember quarry tide beacon saddle").split()
+_WORDS = [
+    "river",
+    "stone",
+    "market",
+    "engine",
+    "lantern",
+    "harbor",
+    "meadow",
+    "signal",
+    "copper",
+    "garden",
+    "winter",
+    "orbit",
+    "canvas",
+    "thunder",
+    "pilot",
+    "velvet",
+    "anchor",
+    "summit",
+    "ledger",
+    "prism",
+    "falcon",
+    "ember",
+    "quarry",
+    "tide",
+    "beacon",
+    "saddle",
+]
 
 
 def group_prefix(batch: str, group: int, words: int) -> str:
@@ -57,17 +83,33 @@ async def run_batch(base_url: str, batch: str, args: argparse.Namespace) -> dict
         async def worker() -> None:
             while queue:
                 g, i = queue.pop()
-                prompt = group_prefix(batch, g, args.prefix_words) + f"Question {i}: name one word from the document."
+                prompt = (
+                    group_prefix(batch, g, args.prefix_words)
+                    + f"Question {i}: name one word from the document."
+                )
                 body = chat_body("chat", prompt, args.max_tokens, True, True, {})
                 rec = RequestRecord(start=0.0)
-                records.append(await send(session, base_url + "/v1/chat/completions", body, stream=True,
-                                          embeddings=False, headers=json_headers({}), timeout=600, record=rec, t0=t0))
+                records.append(
+                    await send(
+                        session,
+                        base_url + "/v1/chat/completions",
+                        body,
+                        stream=True,
+                        embeddings=False,
+                        headers=json_headers({}),
+                        timeout=600,
+                        record=rec,
+                        t0=t0,
+                    )
+                )
 
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     wall = time.perf_counter() - t0
     ok = [r for r in records if r.ok]
     return {
-        "requests": len(records), "errors": len(records) - len(ok), "wall_s": wall,
+        "requests": len(records),
+        "errors": len(records) - len(ok),
+        "wall_s": wall,
         "req_per_s": len(ok) / wall,
         "prompt_tokens_per_s": sum(r.prompt_tokens for r in ok) / wall,
         "mean_prompt_tokens": sum(r.prompt_tokens for r in ok) / max(1, len(ok)),
@@ -76,12 +118,16 @@ async def run_batch(base_url: str, batch: str, args: argparse.Namespace) -> dict
 
 
 def _cache_counters(urls: list[str]) -> tuple[float, float]:
-    return (sum(engine_gauge(u, "vllm:prefix_cache_hits_total") for u in urls),
-            sum(engine_gauge(u, "vllm:prefix_cache_queries_total") for u in urls))
+    return (
+        sum(engine_gauge(u, "vllm:prefix_cache_hits_total") for u in urls),
+        sum(engine_gauge(u, "vllm:prefix_cache_queries_total") for u in urls),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.prefix_affinity", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.prefix_affinity", description=__doc__.split("\n")[0]
+    )
     # 24 groups x ~1,200 tokens overflow one replica's 1 GiB KV cache (~23,000 tokens) under round
     # robin, while prefix affinity gives each replica half the groups, which fit.
     parser.add_argument("--groups", type=int, default=24)
@@ -95,11 +141,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="offload-bench-"))
-    engine = {"model": "smollm2", "dtype": "float32", "max_model_len": 4096, "kv_cache_gib": args.kv_cache_gib}
-    config = OffloadConfig(models=tuple(
-        ModelConfig(name=f"replica{i}", task="chat", engine=EngineConfig(local=LocalEngine(port=free_port(), **engine)))
-        for i in range(2)
-    ))  # fmt: skip
+    engine = {
+        "model": "smollm2",
+        "dtype": "float32",
+        "max_model_len": 4096,
+        "kv_cache_gib": args.kv_cache_gib,
+    }
+    config = OffloadConfig(
+        models=tuple(
+            ModelConfig(
+                name=f"replica{i}",
+                task="chat",
+                engine=EngineConfig(local=LocalEngine(port=free_port(), **engine)),
+            )
+            for i in range(2)
+        )
+    )
     supervisor = Supervisor(config, Settings().models_dir, work / "logs")
     gateways: dict[str, GatewayProcess] = {}
     try:
@@ -108,8 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.wait_all()
         urls = [e.spec.base_url for e in supervisor.engines]
         for policy in ("prefix_affinity", "round_robin"):
-            models = [{"name": "chat", "task": "chat", "policy": policy,
-                       "engines": [{"url": u, "served_name": f"replica{i}"} for i, u in enumerate(urls)]}]
+            models = [
+                {
+                    "name": "chat",
+                    "task": "chat",
+                    "policy": policy,
+                    "engines": [{"url": u, "served_name": f"replica{i}"} for i, u in enumerate(urls)],
+                }
+            ]
             gateways[policy] = GatewayProcess(work, models, {"OFFLOAD_LOG__ACCESS": "false"}).start()
         order = ["prefix_affinity", "round_robin"]
         batches: dict[str, list[dict[str, Any]]] = {p: [] for p in order}
@@ -120,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
                 hits1, queries1 = _cache_counters(urls)
                 result["prefix_cache_hit_rate"] = (hits1 - hits0) / max(1.0, queries1 - queries0)
                 batches[policy].append(result)
-                print(f"{policy:16s} round {r}: TTFT p50 {result['ttft']['p50'] * 1000:7.0f} ms  "
-                      f"p90 {result['ttft']['p90'] * 1000:7.0f} ms  {result['req_per_s']:.2f} req/s  "
-                      f"cache hits {result['prefix_cache_hit_rate']:.0%}", flush=True)
+                print(
+                    f"{policy:16s} round {r}: TTFT p50 {result['ttft']['p50'] * 1000:7.0f} ms  "
+                    f"p90 {result['ttft']['p90'] * 1000:7.0f} ms  {result['req_per_s']:.2f} req/s  "
+                    f"cache hits {result['prefix_cache_hit_rate']:.0%}",
+                    flush=True,
+                )
     finally:
         for gw in gateways.values():
             gw.stop()
@@ -151,8 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_affinity_over_rr": a["req_per_s"] / b["req_per_s"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "ratios": ratios, "batches": batches,
-               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    payload = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "summary": summary,
+        "ratios": ratios,
+        "batches": batches,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     lines = [
         f"Prefix affinity vs round robin, 2 vLLM CPU replicas (SmolLM2, KV cache {args.kv_cache_gib} GiB each), "
@@ -163,11 +234,16 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|",
     ]
     for policy, s in summary.items():
-        lines.append(f"| {policy} | {s['ttft_p50_ms']:.0f} | {s['ttft_p90_ms']:.0f} | {s['req_per_s']:.2f} | "
-                     f"{s['prompt_tokens_per_s']:.0f} | {s['prefix_cache_hit_rate']:.0%} | {s['errors']} |")
-    lines += ["", f"Round robin / affinity: TTFT p50 {ratios['ttft_p50_rr_over_affinity']:.2f}x, "
-              f"p90 {ratios['ttft_p90_rr_over_affinity']:.2f}x; throughput affinity / round robin "
-              f"{ratios['throughput_affinity_over_rr']:.2f}x."]
+        lines.append(
+            f"| {policy} | {s['ttft_p50_ms']:.0f} | {s['ttft_p90_ms']:.0f} | {s['req_per_s']:.2f} | "
+            f"{s['prompt_tokens_per_s']:.0f} | {s['prefix_cache_hit_rate']:.0%} | {s['errors']} |"
+        )
+    lines += [
+        "",
+        f"Round robin / affinity: TTFT p50 {ratios['ttft_p50_rr_over_affinity']:.2f}x, "
+        f"p90 {ratios['ttft_p90_rr_over_affinity']:.2f}x; throughput affinity / round robin "
+        f"{ratios['throughput_affinity_over_rr']:.2f}x.",
+    ]
     print(readme.publish("prefix_affinity", args.out, lines))
     return 0
 

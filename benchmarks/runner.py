@@ -25,8 +25,28 @@ if TYPE_CHECKING:
 
 MAX_REQUESTS = 1_000_000
 MAX_DURATION = 3600.0
-_WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
-          "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango")
+_WORDS = (
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+)
 
 
 def make_prompt(tokens: int, index: int, rng: random.Random) -> str:
@@ -65,13 +85,27 @@ class Runner:
         if config.kind == "embeddings":
             body = embeddings_body(config.model, prompt, config.extra_body)
         else:
-            body = chat_body(config.model, prompt, config.output_tokens.sample(self.rng), config.stream,
-                             config.ignore_eos, config.extra_body)
+            body = chat_body(
+                config.model,
+                prompt,
+                config.output_tokens.sample(self.rng),
+                config.stream,
+                config.ignore_eos,
+                config.extra_body,
+            )
         self.in_flight += 1
         try:
-            record = await send(self.session, self.url, body, stream=config.stream and config.kind == "chat",
-                                embeddings=config.kind == "embeddings", headers=self.headers,
-                                timeout=config.timeout, record=RequestRecord(0.0), t0=self.t0)
+            record = await send(
+                self.session,
+                self.url,
+                body,
+                stream=config.stream and config.kind == "chat",
+                embeddings=config.kind == "embeddings",
+                headers=self.headers,
+                timeout=config.timeout,
+                record=RequestRecord(0.0),
+                t0=self.t0,
+            )
         finally:
             self.in_flight -= 1
         self.records.append(record)
@@ -126,7 +160,10 @@ class Runner:
             tokens = sum(r.output_tokens for r in self.records[last_done:])
             failed = sum(1 for r in self.records if r.error is not None)
             span = max(now - last_at, 1e-9)
-            print(f"[{now - self.t0:7.1f}s] {done} done ({failed} failed), {self.in_flight} in flight, "
-                  f"{(done - last_done) / span:.1f} req/s, {tokens / span:.0f} tok/s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{now - self.t0:7.1f}s] {done} done ({failed} failed), {self.in_flight} in flight, "
+                f"{(done - last_done) / span:.1f} req/s, {tokens / span:.0f} tok/s",
+                file=sys.stderr,
+                flush=True,
+            )
             last_done, last_at = done, now

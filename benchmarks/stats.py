@@ -80,8 +80,11 @@ class LoadResult:
 
     def to_json(self, include_records: bool = True) -> dict[str, Any]:
         """A JSON-ready document: config, summary and (optionally) every request."""
-        document: dict[str, Any] = {"config": self.config, "started_at": self.started_at,
-                                    "summary": self.summary()}
+        document: dict[str, Any] = {
+            "config": self.config,
+            "started_at": self.started_at,
+            "summary": self.summary(),
+        }
         if include_records:
             document["records"] = [r.as_dict() for r in self.records]
         return document
@@ -114,14 +117,16 @@ def format_table(result: LoadResult) -> str:
     """The human summary printed at the end of a run."""
     s = result.summary()
     config = result.config
-    mode = (f"Poisson {config.get('rate')} req/s" if config.get("rate") else
-            f"concurrency {config.get('concurrency')}")
+    mode = (
+        f"Poisson {config.get('rate')} req/s"
+        if config.get("rate")
+        else f"concurrency {config.get('concurrency')}"
+    )
     kind = config.get("kind")
     if kind == "chat":
         kind = "chat stream" if config.get("stream") else "chat non-stream"
     lines = [
-        f"{kind}, {mode}, "
-        f"model {config.get('model')} at {config.get('base_url')}",
+        f"{kind}, {mode}, model {config.get('model')} at {config.get('base_url')}",
         f"requests  {s['succeeded']} ok, {s['failed']} failed in {s['elapsed_s']:.2f} s"
         f"  ->  {s['requests_per_s']:.1f} req/s",
         f"tokens    {s['output_tokens']} out ({s['output_tokens_per_s']:.1f} tok/s), "

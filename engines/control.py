@@ -45,28 +45,34 @@ class LocalEngineControl:
         rows = []
         for m in self._supervisor.managed.values():
             spec = m.process.spec
-            rows.append({
-                "name": m.name,
-                "state": m.state,
-                "task": spec.task,
-                "served_name": spec.served_name,
-                "model": str(spec.model_dir),
-                "pid": m.process.pid,
-                "port": spec.engine.port,
-                "uptime_s": round(now - m.ready_since, 1) if m.ready_since is not None else None,
-                "restarts": m.restarts,
-                "in_flight": m.in_flight,
-                "last_exit": m.last_exit,
-                "on_demand": m.on_demand,
-                "memory_limit": m.process.limits.memory_mechanism,
-                "log": str(m.process.log_path),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "name": m.name,
+                    "state": m.state,
+                    "task": spec.task,
+                    "served_name": spec.served_name,
+                    "model": str(spec.model_dir),
+                    "pid": m.process.pid,
+                    "port": spec.engine.port,
+                    "uptime_s": round(now - m.ready_since, 1) if m.ready_since is not None else None,
+                    "restarts": m.restarts,
+                    "in_flight": m.in_flight,
+                    "last_exit": m.last_exit,
+                    "on_demand": m.on_demand,
+                    "memory_limit": m.process.limits.memory_mechanism,
+                    "log": str(m.process.log_path),
+                }
+            )
         return rows
 
     async def act(self, name: str, action: str) -> None:
         if name not in self._supervisor.managed:
             raise KeyError(name)
-        method = {"start": self._supervisor.start, "stop": self._supervisor.stop, "restart": self._supervisor.restart}[action]
+        method = {
+            "start": self._supervisor.start,
+            "stop": self._supervisor.stop,
+            "restart": self._supervisor.restart,
+        }[action]
         await asyncio.to_thread(method, name)
 
     def log_tail(self, name: str, lines: int) -> list[str]:

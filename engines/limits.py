@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from dataclasses import dataclass
@@ -51,10 +52,8 @@ class MemoryCgroup:
         (self.path / self.procs_file).write_text(str(os.getpid()))
 
     def remove(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # still has processes, or never created
             self.path.rmdir()
-        except OSError:
-            pass  # still has processes, or never created
 
 
 def memory_cgroup(name: str) -> MemoryCgroup | None:

@@ -8,6 +8,7 @@ stopped with ``killpg``; and it receives SIGTERM if the process that started it 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -29,10 +30,8 @@ class EngineStartError(RuntimeError):
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
+    with contextlib.suppress(OSError):  # not Linux: the supervisor's own shutdown still stops the group
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: the supervisor's own shutdown still stops the group
 
 
 class EngineProcess:
@@ -134,26 +133,20 @@ class EngineProcess:
         pgid = proc.pid  # start_new_session: the group id is the leader's pid
         _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
         while _group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.1)  # children (EngineCore, Worker) may outlive the leader briefly
         if _group_alive(pgid):
             _signal_group(pgid, signal.SIGKILL)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
         self._proc = None
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _group_alive(pgid: int) -> bool:

@@ -32,14 +32,21 @@ class EngineSpec:
         """
         e = self.engine
         args = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(self.model_dir),
-            "--served-model-name", self.served_name,
-            "--host", e.host,
-            "--port", str(e.port),
-            "--dtype", e.dtype,
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_dir),
+            "--served-model-name",
+            self.served_name,
+            "--host",
+            e.host,
+            "--port",
+            str(e.port),
+            "--dtype",
+            e.dtype,
             "--disable-uvicorn-access-log",
-        ]  # fmt: skip
+        ]
         if self.task == "embeddings":
             args += ["--runner", "pooling"]
         if e.enforce_eager:

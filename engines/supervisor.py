@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from engines.hostinfo import describe_exit, is_engine_group, port_free
 from engines.models import PREPARERS
-from engines.hostinfo import describe_exit, group_members, is_engine_group, port_free
 from engines.process import EngineProcess, EngineStartError
 from engines.spec import EngineSpec
 from gateway.config import OffloadConfig
@@ -111,7 +111,15 @@ class Supervisor:
         names = sorted(set(self._packaged))
         if not names:
             return
-        cmd = [sys.executable, "-m", "engines.models", "prepare", *names, "--models-dir", str(self._models_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "engines.models",
+            "prepare",
+            *names,
+            "--models-dir",
+            str(self._models_dir),
+        ]
         if subprocess.run(cmd, check=False).returncode != 0:
             raise EngineStartError("model preparation failed (see above)")
 
@@ -170,7 +178,9 @@ class Supervisor:
                 if m.process.check_started():
                     pending.remove(m)
                     self._mark_ready(m)
-                    self._say(f"engine {m.name}: ready at {m.process.spec.base_url} ({time.monotonic() - started:.0f} s)")
+                    self._say(
+                        f"engine {m.name}: ready at {m.process.spec.base_url} ({time.monotonic() - started:.0f} s)"
+                    )
             if pending and time.monotonic() - last_report >= report_every:
                 last_report = time.monotonic()
                 for m in pending:
@@ -192,7 +202,9 @@ class Supervisor:
         """Restart crashed engines and stop idle on-demand ones, in a background thread."""
         if self._thread is None:
             self._stop.clear()
-            self._thread = threading.Thread(target=self._watch, args=(interval,), name="offload-supervisor", daemon=True)
+            self._thread = threading.Thread(
+                target=self._watch, args=(interval,), name="offload-supervisor", daemon=True
+            )
             self._thread.start()
 
     def _watch(self, interval: float) -> None:
@@ -224,9 +236,11 @@ class Supervisor:
                     self._mark_ready(m)
                     self._say(f"engine {m.name}: ready")
             elif (
-                m.state == "ready" and m.on_demand and m.in_flight == 0
+                m.state == "ready"
+                and m.on_demand
+                and m.in_flight == 0
                 and now - m.last_activity > m.process.spec.engine.idle_timeout
-            ):  # fmt: skip
+            ):
                 self._say(f"engine {m.name}: idle for {m.process.spec.engine.idle_timeout:.0f} s, stopping")
                 self._stop_engine(m)
 

@@ -58,11 +58,16 @@ def create_app(
     metrics = Metrics()
     upstream = upstream or Upstream(settings.upstream)
     dispatcher = Dispatcher(
-        RouteTable.from_config(config), health, metrics, h.retry_after_seconds,
-        max_retries=settings.upstream.max_retries, deadline=settings.upstream.request_timeout,
-        engines=engines, on_demand_wait=settings.upstream.on_demand_wait,
+        RouteTable.from_config(config),
+        health,
+        metrics,
+        h.retry_after_seconds,
+        max_retries=settings.upstream.max_retries,
+        deadline=settings.upstream.request_timeout,
+        engines=engines,
+        on_demand_wait=settings.upstream.on_demand_wait,
         on_demand_max_waiting=settings.upstream.on_demand_max_waiting,
-    )  # fmt: skip
+    )
     shadows = ShadowSender(dispatcher, upstream, metrics, settings.upstream.max_shadow_in_flight)
     monitor = HealthMonitor(lambda: dispatcher.table, health, upstream, metrics, h)
     source = TableSource(config, dispatcher, monitor)
@@ -82,7 +87,9 @@ def create_app(
                 tasks.append(asyncio.create_task(reloader.watch(settings.reload.watch_interval)))
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop = asyncio.get_running_loop()
-                loop.add_signal_handler(signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reloader.reload())))
+                loop.add_signal_handler(
+                    signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reloader.reload()))
+                )
         try:
             yield
         finally:
@@ -94,7 +101,9 @@ def create_app(
 
     hot = [
         chat_route(
-            ChatService(dispatcher, upstream, metrics, shadows), settings.upstream.keepalive_interval, max_body
+            ChatService(dispatcher, upstream, metrics, shadows),
+            settings.upstream.keepalive_interval,
+            max_body,
         ),
         embeddings_route(EmbeddingsService(dispatcher, upstream), max_body),
     ]
@@ -115,7 +124,5 @@ def create_app(
     # Outside Litestar's router (its `middleware=` runs per matched route), so that requests no route
     # matches (404, 405) also get a request id, a log line and metrics; inside it, the hot routes skip
     # Litestar's router and exception middleware (Litestar still has them, for other methods: 405).
-    app.asgi_handler = AccessMiddleware(
-        HotRoutes(app.asgi_handler, hot), metrics, settings.log.access
-    )
+    app.asgi_handler = AccessMiddleware(HotRoutes(app.asgi_handler, hot), metrics, settings.log.access)
     return app

@@ -37,9 +37,10 @@ class LocalEngine(_Strict):
     max_num_seqs: int | None = Field(default=None, ge=1)
     tensor_parallel_size: int | None = Field(default=None, ge=1)
     cpus: str | None = Field(
-        default=None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$",
+        default=None,
+        pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$",
         description="CPU set, e.g. '0-1': process affinity and VLLM_CPU_OMP_THREADS_BIND",
-    )  # fmt: skip
+    )
     memory_limit_gib: float | None = Field(
         default=None, gt=0, description="hard memory limit: the engine is killed (and restarted) past it"
     )
@@ -106,11 +107,15 @@ class ModelConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
     task: Task
     engine: EngineConfig | None = Field(default=None, description="shorthand: one engine, no versions")
-    engines: tuple[EngineConfig, ...] | None = Field(default=None, description="shorthand: replicas, no versions")
+    engines: tuple[EngineConfig, ...] | None = Field(
+        default=None, description="shorthand: replicas, no versions"
+    )
     versions: dict[str, VersionConfig] | None = None
     aliases: dict[str, str] = Field(default_factory=dict, description="e.g. stable: v1, latest: v2")
     policy: PolicyName = "least_outstanding"
-    session_header: str = Field(default="x-session-id", description="sticky sessions: this header, else `user`")
+    session_header: str = Field(
+        default="x-session-id", description="sticky sessions: this header, else `user`"
+    )
     prefix_chars: int = Field(default=2048, ge=16, description="prompt prefix length prefix_affinity hashes")
 
     @model_validator(mode="after")

@@ -24,9 +24,9 @@ _log = structlog.get_logger("offload.discovery")
 
 def dns_names(config: OffloadConfig) -> list[str]:
     """Every ``host:port`` the configuration discovers replicas from."""
-    return sorted({
-        e.dns for m in config.models for v in m.version_configs().values() for e in v.engines if e.dns
-    })  # fmt: skip
+    return sorted(
+        {e.dns for m in config.models for v in m.version_configs().values() for e in v.engines if e.dns}
+    )
 
 
 async def resolve(name: str) -> list[str]:

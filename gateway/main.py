@@ -129,7 +129,9 @@ def engines_cli(args: argparse.Namespace, settings: Settings) -> int:
         with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=60) as r:
             body = json.loads(r.read())
     except urllib.error.HTTPError as exc:
-        print(f"offload engines: {json.loads(exc.read()).get('error', {}).get('message', exc)}", file=sys.stderr)
+        print(
+            f"offload engines: {json.loads(exc.read()).get('error', {}).get('message', exc)}", file=sys.stderr
+        )
         return 1
     except OSError as exc:
         print(f"offload engines: cannot reach the gateway at {base} ({exc})", file=sys.stderr)
@@ -151,8 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``offload`` console script."""
     parser = argparse.ArgumentParser(prog="offload", description=__doc__)
     parser.add_argument("command", nargs="?", default="run", choices=["run", "serve", "prepare", "engines"])
-    parser.add_argument("action", nargs="?", default="list", choices=["list", "start", "stop", "restart", "logs"],
-                        help="with `engines`")
+    parser.add_argument(
+        "action",
+        nargs="?",
+        default="list",
+        choices=["list", "start", "stop", "restart", "logs"],
+        help="with `engines`",
+    )
     parser.add_argument("name", nargs="?", help="with `engines`: the engine")
     parser.add_argument("--url", help="with `engines`: the gateway (default http://HOST:PORT)")
     parser.add_argument("--lines", type=int, default=50, help="with `engines logs`")

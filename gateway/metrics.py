@@ -37,40 +37,62 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("offload_requests", "Requests served", ["endpoint", *_SERVED, "status"], registry=r)
-        self.errors = Counter("offload_request_errors", "Requests that failed", ["endpoint", *_SERVED, "type"], registry=r)
+        self.requests = Counter(
+            "offload_requests", "Requests served", ["endpoint", *_SERVED, "status"], registry=r
+        )
+        self.errors = Counter(
+            "offload_request_errors", "Requests that failed", ["endpoint", *_SERVED, "type"], registry=r
+        )
         self.retries = Counter("offload_retries", "Requests retried on another replica", _SERVED, registry=r)
         self.latency = Histogram(
-            "offload_request_duration_seconds", "Time from request to last byte",
-            ["endpoint", *_SERVED], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "offload_request_duration_seconds",
+            "Time from request to last byte",
+            ["endpoint", *_SERVED],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.ttft = Histogram(
-            "offload_time_to_first_token_seconds", "Time from request to the first chunk of a stream",
-            _SERVED, buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "offload_time_to_first_token_seconds",
+            "Time from request to the first chunk of a stream",
+            _SERVED,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.itl = GapHistogram(
-            "offload_inter_token_latency_seconds", "Gap between consecutive chunks of a stream",
-            _SERVED, _ITL_BUCKETS, registry=r,
-        )  # fmt: skip
+            "offload_inter_token_latency_seconds",
+            "Gap between consecutive chunks of a stream",
+            _SERVED,
+            _ITL_BUCKETS,
+            registry=r,
+        )
         self.prompt_tokens = Counter("offload_prompt_tokens", "Prompt tokens processed", _SERVED, registry=r)
-        self.completion_tokens = Counter("offload_completion_tokens", "Completion tokens generated", _SERVED, registry=r)
+        self.completion_tokens = Counter(
+            "offload_completion_tokens", "Completion tokens generated", _SERVED, registry=r
+        )
         self.in_flight = Gauge("offload_requests_in_flight", "Requests being served", ["model"], registry=r)
         self.replica_up = Gauge("offload_replica_up", "1 when the replica takes traffic", _SERVED, registry=r)
         self.replica_in_flight = Gauge(
             "offload_replica_in_flight", "Requests outstanding on the replica", _SERVED, registry=r
         )
         self.decisions = Counter(
-            "offload_routing_decisions", "Version choices by reason (pinned, alias, weighted, sticky, fallback)",
-            ["model", "version", "reason"], registry=r,
-        )  # fmt: skip
+            "offload_routing_decisions",
+            "Version choices by reason (pinned, alias, weighted, sticky, fallback)",
+            ["model", "version", "reason"],
+            registry=r,
+        )
         self.shadow = Counter(
-            "offload_shadow_requests", "Copies sent to shadow versions, by outcome",
-            [*_SERVED, "outcome"], registry=r,
-        )  # fmt: skip
+            "offload_shadow_requests",
+            "Copies sent to shadow versions, by outcome",
+            [*_SERVED, "outcome"],
+            registry=r,
+        )
         self.shadow_latency = Histogram(
-            "offload_shadow_duration_seconds", "Latency of shadow copies", _SERVED,
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "offload_shadow_duration_seconds",
+            "Latency of shadow copies",
+            _SERVED,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
 
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
 
@@ -138,9 +160,13 @@ class GapHistogram(Collector):
     """
 
     def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
         registry: CollectorRegistry,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = list(labelnames)

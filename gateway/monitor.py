@@ -70,8 +70,13 @@ class HealthMonitor:
                 changed = self._registry.probe_failed(replica.id, result is ProbeResult.REFUSED, failures)
             state = self._registry.state(replica.id)
             if changed:
-                _log.info("replica state", model=replica.model, version=replica.version or None,
-                          replica=replica.id, state=state.value)
+                _log.info(
+                    "replica state",
+                    model=replica.model,
+                    version=replica.version or None,
+                    replica=replica.id,
+                    state=state.value,
+                )
             labels = (replica.model, replica.version or "-", replica.id)
             self._metrics.replica_up.labels(*labels).set(1 if self._registry.is_up(replica.id) else 0)
             self._metrics.replica_in_flight.labels(*labels).set(self._registry.in_flight(replica.id))

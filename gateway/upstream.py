@@ -205,7 +205,9 @@ class Upstream:
         :class:`UpstreamReply`; a 200 as an :class:`EventStream` the caller must ``close()``."""
         try:
             async with asyncio.timeout(self._settings.request_timeout):
-                response = await self.session.post(self._url(base_url, path), data=body, headers=_JSON_HEADERS)
+                response = await self.session.post(
+                    self._url(base_url, path), data=body, headers=_JSON_HEADERS
+                )
                 if response.status != 200:
                     try:
                         return UpstreamReply(response.status, await response.read())

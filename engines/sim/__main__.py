@@ -34,10 +34,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, argparse.N
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8200)
     parser.add_argument("--model", default="sim", help="served model name")
-    parser.add_argument("--served-model-name", nargs="+", default=None,
-                        help="served names (like vLLM); replaces --model, the first labels metrics")
-    parser.add_argument("--max-running", type=int, default=0,
-                        help="concurrent running requests (0: no limit)")
+    parser.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        help="served names (like vLLM); replaces --model, the first labels metrics",
+    )
+    parser.add_argument(
+        "--max-running", type=int, default=0, help="concurrent running requests (0: no limit)"
+    )
     parser.add_argument("--embedding-dims", type=int, default=384)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--kv-cache-tokens", type=int, default=65536)
@@ -45,17 +50,28 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, argparse.N
     parser.add_argument("--log-level", default="warning")
     defaults = Knobs()
     for name in PARSERS:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=getattr(defaults, name),
-                            help=f"{_KNOB_HELP[name]} (default: {getattr(defaults, name)})")
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=getattr(defaults, name),
+            help=f"{_KNOB_HELP[name]} (default: {getattr(defaults, name)})",
+        )
     args = parser.parse_args(argv)
     try:
         knobs = Knobs(**{name: parse_knob(name, getattr(args, name)) for name in PARSERS})
     except KnobError as exc:
         parser.error(str(exc))
     names = tuple(args.served_model_name or (args.model,))
-    config = SimConfig(model=names[0], aliases=names[1:], max_running=args.max_running,
-                       embedding_dims=args.embedding_dims, max_model_len=args.max_model_len,
-                       kv_cache_tokens=args.kv_cache_tokens, seed=args.seed, knobs=knobs)
+    config = SimConfig(
+        model=names[0],
+        aliases=names[1:],
+        max_running=args.max_running,
+        embedding_dims=args.embedding_dims,
+        max_model_len=args.max_model_len,
+        kv_cache_tokens=args.kv_cache_tokens,
+        seed=args.seed,
+        knobs=knobs,
+    )
     return config, args
 
 
@@ -63,8 +79,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Serve the simulator with uvicorn until interrupted."""
     config, args = parse_args(argv)
     logging.getLogger("uvicorn.error").addFilter(QUIET_RESETS)
-    uvicorn.run(create_sim_app(config), host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False, loop="auto", http="auto")
+    uvicorn.run(
+        create_sim_app(config),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        loop="auto",
+        http="auto",
+    )
 
 
 if __name__ == "__main__":

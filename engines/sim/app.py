@@ -42,9 +42,16 @@ class SimServer:
 
     async def models(self, request: Request) -> Response:
         cards: list[dict[str, Any]] = [
-            {"id": name, "object": "model", "created": self._created, "owned_by": "vllm",
-             "root": self.config.model, "parent": None, "max_model_len": self.config.max_model_len,
-             "permission": []}
+            {
+                "id": name,
+                "object": "model",
+                "created": self._created,
+                "owned_by": "vllm",
+                "root": self.config.model,
+                "parent": None,
+                "max_model_len": self.config.max_model_len,
+                "permission": [],
+            }
             for name in self.config.served_names
         ]
         return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")

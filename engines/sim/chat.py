@@ -101,8 +101,17 @@ class ChatHandler:
             tokens, finish = knobs.output_tokens, FINISH_STOP
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return Plan(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model, choices,
-                    prompt_tokens, tokens, finish, include_usage, knobs)
+        return Plan(
+            f"chatcmpl-{uuid.uuid4().hex}",
+            int(time.time()),
+            model,
+            choices,
+            prompt_tokens,
+            tokens,
+            finish,
+            include_usage,
+            knobs,
+        )
 
     async def _occupy(self, plan: Plan) -> int:
         """Wait for a running slot and take the prompt's KV tokens; returns the tokens held."""
@@ -173,8 +182,16 @@ def _completion(plan: Plan) -> dict[str, Any]:
     choices: list[dict[str, Any]] = [
         {
             "index": i,
-            "message": {"role": "assistant", "content": text, "refusal": None, "annotations": None,
-                        "audio": None, "function_call": None, "tool_calls": [], "reasoning_content": None},
+            "message": {
+                "role": "assistant",
+                "content": text,
+                "refusal": None,
+                "annotations": None,
+                "audio": None,
+                "function_call": None,
+                "tool_calls": [],
+                "reasoning_content": None,
+            },
             "logprobs": None,
             "finish_reason": plan.finish_reason,
             "stop_reason": None,
@@ -190,8 +207,12 @@ def _completion(plan: Plan) -> dict[str, Any]:
         "choices": choices,
         "service_tier": None,
         "system_fingerprint": None,
-        "usage": {"prompt_tokens": plan.prompt_tokens, "total_tokens": plan.prompt_tokens + completion,
-                  "completion_tokens": completion, "prompt_tokens_details": None},
+        "usage": {
+            "prompt_tokens": plan.prompt_tokens,
+            "total_tokens": plan.prompt_tokens + completion,
+            "completion_tokens": completion,
+            "prompt_tokens_details": None,
+        },
         "prompt_logprobs": None,
         "kv_transfer_params": None,
     }

@@ -9,8 +9,28 @@ from __future__ import annotations
 import orjson
 
 WORDS: tuple[str, ...] = (
-    " The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".",
-    " It", " is", " a", " simulated", " answer", ",", " one", " token", " at", " a", " time", ".",
+    " The",
+    " quick",
+    " brown",
+    " fox",
+    " jumps",
+    " over",
+    " the",
+    " lazy",
+    " dog",
+    ".",
+    " It",
+    " is",
+    " a",
+    " simulated",
+    " answer",
+    ",",
+    " one",
+    " token",
+    " at",
+    " a",
+    " time",
+    ".",
 )
 """The generated text cycles through these "tokens"."""
 
@@ -34,9 +54,12 @@ class ChunkEncoder:
 
     def __init__(self, request_id: str, created: int, model: str, choices: int) -> None:
         common = (
-            b'data: {"id":' + orjson.dumps(request_id)
-            + b',"object":"chat.completion.chunk","created":' + str(created).encode()
-            + b',"model":' + orjson.dumps(model)
+            b'data: {"id":'
+            + orjson.dumps(request_id)
+            + b',"object":"chat.completion.chunk","created":'
+            + str(created).encode()
+            + b',"model":'
+            + orjson.dumps(model)
         )
         self._heads = tuple(
             common + b',"choices":[{"index":' + str(i).encode() + b',"delta":' for i in range(choices)
@@ -55,8 +78,12 @@ class ChunkEncoder:
         """The last token of a choice, carrying its one ``finish_reason``."""
         word = orjson.dumps(WORDS[position % len(WORDS)])
         return (
-            self._heads[choice] + b'{"content":' + word + b'},"logprobs":null,"finish_reason":"'
-            + finish_reason.encode() + b'","stop_reason":null}]}\n\n'
+            self._heads[choice]
+            + b'{"content":'
+            + word
+            + b'},"logprobs":null,"finish_reason":"'
+            + finish_reason.encode()
+            + b'","stop_reason":null}]}\n\n'
         )
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:

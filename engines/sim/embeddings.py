@@ -75,13 +75,16 @@ class EmbeddingsHandler:
                 raise SimError("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
             dims = positive_int(body, "dimensions", self._config.embedding_dims) or 1
             if dims > self._config.embedding_dims:
-                raise SimError(f"'dimensions' must be at most {self._config.embedding_dims}.",
-                               param="dimensions")
+                raise SimError(
+                    f"'dimensions' must be at most {self._config.embedding_dims}.", param="dimensions"
+                )
         except SimError as exc:
             return error_response(exc)
         answer = await unless_disconnected(
-            request, self._answer(intake.model, keys, encoding, dims, intake.knobs.ttft,
-                                  intake.knobs.reset_after is not None)
+            request,
+            self._answer(
+                intake.model, keys, encoding, dims, intake.knobs.ttft, intake.knobs.reset_after is not None
+            ),
         )
         if answer is None:
             return Response(status_code=499)
@@ -89,8 +92,9 @@ class EmbeddingsHandler:
             return answer
         return Response(answer, media_type="application/json")
 
-    async def _answer(self, model: str, keys: list[tuple[bytes, int]], encoding: str, dims: int,
-                      delay: float, reset: bool) -> bytes | Response:
+    async def _answer(
+        self, model: str, keys: list[tuple[bytes, int]], encoding: str, dims: int, delay: float, reset: bool
+    ) -> bytes | Response:
         engine = self._engine
         await engine.admit()
         tokens = sum(count for _, count in keys)
@@ -110,19 +114,26 @@ class EmbeddingsHandler:
                     vector = _renormalised(vector[:dims])
                 value: Any = (
                     base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
-                    if encoding == "base64" else vector
+                    if encoding == "base64"
+                    else vector
                 )
                 data.append({"index": index, "object": "embedding", "embedding": value})
             finish = FINISH_STOP
-            return orjson.dumps({
-                "id": f"embd-{uuid.uuid4().hex}",
-                "object": "list",
-                "created": int(time.time()),
-                "model": model,
-                "data": data,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
-                          "prompt_tokens_details": None},
-            })
+            return orjson.dumps(
+                {
+                    "id": f"embd-{uuid.uuid4().hex}",
+                    "object": "list",
+                    "created": int(time.time()),
+                    "model": model,
+                    "data": data,
+                    "usage": {
+                        "prompt_tokens": tokens,
+                        "total_tokens": tokens,
+                        "completion_tokens": 0,
+                        "prompt_tokens_details": None,
+                    },
+                }
+            )
         finally:
             engine.release(tokens, 0, finish)
 

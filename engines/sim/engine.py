@@ -80,20 +80,46 @@ class SimEngine:
             lines.append(f"# TYPE {name} {kind}")
             lines.append(f"{name}{suffix}{labels} {float(value)!r}")
 
-        metric("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
-               self.running)
-        metric("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
-               self.waiting)
-        metric("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.",
-               self.kv_usage)
-        metric("vllm:prompt_tokens", "counter", "Number of prefill tokens processed.",
-               self.prompt_tokens_total, "_total")
-        metric("vllm:generation_tokens", "counter", "Number of generation tokens processed.",
-               self.generation_tokens_total, "_total")
-        metric("vllm:prefix_cache_queries", "counter", "Prefix cache queries, in terms of number of "
-               "queried tokens.", self.prompt_tokens_total, "_total")
-        metric("vllm:prefix_cache_hits", "counter", "Prefix cache hits, in terms of number of cached "
-               "tokens.", 0, "_total")
+        metric(
+            "vllm:num_requests_running",
+            "gauge",
+            "Number of requests in model execution batches.",
+            self.running,
+        )
+        metric(
+            "vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", self.waiting
+        )
+        metric(
+            "vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", self.kv_usage
+        )
+        metric(
+            "vllm:prompt_tokens",
+            "counter",
+            "Number of prefill tokens processed.",
+            self.prompt_tokens_total,
+            "_total",
+        )
+        metric(
+            "vllm:generation_tokens",
+            "counter",
+            "Number of generation tokens processed.",
+            self.generation_tokens_total,
+            "_total",
+        )
+        metric(
+            "vllm:prefix_cache_queries",
+            "counter",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            self.prompt_tokens_total,
+            "_total",
+        )
+        metric(
+            "vllm:prefix_cache_hits",
+            "counter",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            0,
+            "_total",
+        )
         lines.append("# HELP vllm:request_success Count of successfully processed requests.")
         lines.append("# TYPE vllm:request_success counter")
         for reason in (FINISH_STOP, FINISH_LENGTH, FINISH_ABORT):

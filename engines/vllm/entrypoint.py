@@ -193,13 +193,17 @@ def render(spec: Mapping[str, object], extra: list[str] | None = None) -> list[s
     else:
         argv = ["vllm", "serve", model]  # `vllm serve` wants the model as its first positional
     argv += [
-        "--served-model-name", str(spec.get("SERVED_NAME", model)),
-        "--host", str(spec["HOST"]),
-        "--port", str(spec["PORT"]),
-        "--dtype", str(spec["DTYPE"]),
+        "--served-model-name",
+        str(spec.get("SERVED_NAME", model)),
+        "--host",
+        str(spec["HOST"]),
+        "--port",
+        str(spec["PORT"]),
+        "--dtype",
+        str(spec["DTYPE"]),
         # Health probes arrive every few seconds and the gateway logs each request itself.
         "--disable-uvicorn-access-log",
-    ]  # fmt: skip
+    ]
     if spec["TASK"] == "embeddings":
         argv += ["--runner", "pooling"]
     if spec.get("ENFORCE_EAGER"):

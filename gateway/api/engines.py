@@ -37,7 +37,9 @@ class EnginesController(Controller):
         """``start``, ``stop`` or ``restart`` the engine ``name``."""
         control = _need(dispatcher.engines)
         if action not in ("start", "stop", "restart"):
-            raise InvalidRequestError(f"Unknown action '{action}': use start, stop or restart.", param="action")
+            raise InvalidRequestError(
+                f"Unknown action '{action}': use start, stop or restart.", param="action"
+            )
         try:
             await control.act(name, action)
         except KeyError:

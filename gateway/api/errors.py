@@ -64,7 +64,9 @@ def _http_exception(request: Request, exc: Exception) -> Response[bytes]:
         error = InvalidRequestError("The request is invalid.")
         error.status = exc.status_code
     else:
-        _log.error("server error", path=request.url.path, status=exc.status_code, detail=exc.detail, exc_info=exc)
+        _log.error(
+            "server error", path=request.url.path, status=exc.status_code, detail=exc.detail, exc_info=exc
+        )
         error = GatewayError("The server had an error while processing your request.")
     return _respond(request, error)
 

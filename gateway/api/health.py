@@ -36,7 +36,9 @@ class OpsController(Controller):
             # an on-demand engine that is stopped is routable: the request starts it
             return health.is_up(replica_id) or (engines is not None and engines.can_start(base_url))
 
-        models = {r.model: any(routable(x.base_url, x.id) for x in r.replicas) for r in dispatcher.table.routes}
+        models = {
+            r.model: any(routable(x.base_url, x.id) for x in r.replicas) for r in dispatcher.table.routes
+        }
         every, some = all(models.values()), any(models.values())
         status = "ready" if every else "degraded" if some else "not_ready"
         ok = every if require_all else some

@@ -15,11 +15,12 @@ def _cards(route: Route, created: int) -> list[ModelCard]:
         return [ModelCard(id=route.model, created=created)]
     cards = [
         ModelCard(
-            id=route.model, created=created,
+            id=route.model,
+            created=created,
             versions=[f"{route.model}:{v}" for v in route.versions],
             aliases={f"{route.model}:{a}": f"{route.model}:{t}" for a, t in route.aliases.items()},
         )
-    ]  # fmt: skip
+    ]
     cards += [ModelCard(id=f"{route.model}:{v}", created=created, parent=route.model) for v in route.versions]
     cards += [
         ModelCard(id=f"{route.model}:{a}", created=created, parent=route.model, alias_of=f"{route.model}:{t}")
@@ -37,7 +38,9 @@ class ModelsController(Controller):
     async def list_models(self, dispatcher: Dispatcher, started_at: int) -> Response[bytes]:
         """OpenAI list of models, with versions and aliases as their own entries."""
         cards = [card for route in dispatcher.table.routes for card in _cards(route, started_at)]
-        return Response(ModelList(data=cards).model_dump_json(exclude_none=True).encode(), media_type="application/json")
+        return Response(
+            ModelList(data=cards).model_dump_json(exclude_none=True).encode(), media_type="application/json"
+        )
 
     @get("/{model:path}")
     async def get_model(self, model: str, dispatcher: Dispatcher, started_at: int) -> Response[bytes]:
@@ -46,5 +49,7 @@ class ModelsController(Controller):
         for route in dispatcher.table.routes:
             for card in _cards(route, started_at):
                 if card.id == model:
-                    return Response(card.model_dump_json(exclude_none=True).encode(), media_type="application/json")
+                    return Response(
+                        card.model_dump_json(exclude_none=True).encode(), media_type="application/json"
+                    )
         raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")

@@ -47,9 +47,7 @@ class ReplicaHealth:
 class HealthRegistry:
     """Replica id -> health. Pure state: the probe loop and the services drive it."""
 
-    def __init__(
-        self, failure_threshold: int = 3, cooldown: float = 2.0, max_cooldown: float = 30.0
-    ) -> None:
+    def __init__(self, failure_threshold: int = 3, cooldown: float = 2.0, max_cooldown: float = 30.0) -> None:
         self._health: dict[str, ReplicaHealth] = {}
         self._threshold = failure_threshold
         self._base_cooldown = cooldown
@@ -87,7 +85,9 @@ class HealthRegistry:
             return self._set(h, State.HALF_OPEN)
         return False
 
-    def probe_failed(self, replica_id: str, refused: bool, consecutive: int, now: float | None = None) -> bool:
+    def probe_failed(
+        self, replica_id: str, refused: bool, consecutive: int, now: float | None = None
+    ) -> bool:
         """A probe failed (``refused``: nothing listens). True when the state changed."""
         h = self._get(replica_id)
         if refused or (consecutive >= self._threshold and h.state is not State.UNKNOWN):

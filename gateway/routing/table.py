@@ -72,7 +72,9 @@ class RouteTable:
         self._routes = routes
 
     @classmethod
-    def from_config(cls, config: OffloadConfig, resolved: Mapping[str, Sequence[str]] | None = None) -> RouteTable:
+    def from_config(
+        cls, config: OffloadConfig, resolved: Mapping[str, Sequence[str]] | None = None
+    ) -> RouteTable:
         """One route per configured model, one replica per engine (per address for ``dns`` engines,
         from ``resolved``: ``"host:port"`` -> addresses)."""
         routes: dict[str, Route] = {}
@@ -90,7 +92,15 @@ class RouteTable:
                         # The id shows in headers and metrics: a digest, never the pod address.
                         tag = hashlib.blake2b(address.encode(), digest_size=3).hexdigest()
                         host = f"[{address}]" if ":" in address else address
-                        replicas.append(Replica(f"{stem}-{i}-{tag}", m.name, name, f"http://{host}:{target[1]}", m.served_name(e)))
+                        replicas.append(
+                            Replica(
+                                f"{stem}-{i}-{tag}",
+                                m.name,
+                                name,
+                                f"http://{host}:{target[1]}",
+                                m.served_name(e),
+                            )
+                        )
                 versions[name] = Version(
                     model=m.name,
                     name=name,

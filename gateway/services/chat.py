@@ -42,7 +42,9 @@ def prefix_key(request: ChatCompletionRequest, chars: int) -> str:
 class ChatService:
     """Serves ``/v1/chat/completions`` for every configured chat model."""
 
-    def __init__(self, dispatcher: Dispatcher, upstream: Upstream, metrics: Metrics, shadows: ShadowSender) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, upstream: Upstream, metrics: Metrics, shadows: ShadowSender
+    ) -> None:
         self._dispatcher = dispatcher
         self._upstream = upstream
         self._metrics = metrics
@@ -56,7 +58,11 @@ class ChatService:
         return data, request
 
     def _target(
-        self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord, headers: Mapping[str, str]
+        self,
+        data: dict[str, Any],
+        request: ChatCompletionRequest,
+        record: RequestRecord,
+        headers: Mapping[str, str],
     ) -> tuple[Route, Version, str | None]:
         """Route, version (sticky by session), prefix key; and the shadow copies, sent now."""
         route, choice = self._dispatcher.resolve(request.model, "chat", request.user, record, headers)
@@ -67,7 +73,11 @@ class ChatService:
         return route, choice.version, key
 
     async def complete(
-        self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord, headers: Mapping[str, str]
+        self,
+        data: dict[str, Any],
+        request: ChatCompletionRequest,
+        record: RequestRecord,
+        headers: Mapping[str, str],
     ) -> bytes:
         """A non-streaming completion: the engine's JSON answer, normalised."""
         route, version, key = self._target(data, request, record, headers)
@@ -86,7 +96,11 @@ class ChatService:
         return orjson.dumps(answer)
 
     async def open_stream(
-        self, data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord, headers: Mapping[str, str]
+        self,
+        data: dict[str, Any],
+        request: ChatCompletionRequest,
+        record: RequestRecord,
+        headers: Mapping[str, str],
     ) -> ChatStream | AsyncGenerator[bytes, None]:
         """Start a stream. What fails before the engine starts answering raises here (a real status,
         after failover); what fails later becomes an in-band error event.
@@ -103,9 +117,14 @@ class ChatService:
         return await self._open(route, version, key, data, request, record)
 
     async def _open(
-        self, route: Route, version: Version, key: str | None,
-        data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord,
-    ) -> ChatStream:  # fmt: skip
+        self,
+        route: Route,
+        version: Version,
+        key: str | None,
+        data: dict[str, Any],
+        request: ChatCompletionRequest,
+        record: RequestRecord,
+    ) -> ChatStream:
         async def attempt(replica: Replica) -> tuple[EventStream, Replica]:
             opened = await self._upstream.open_stream(replica.base_url, PATH, _body(data, replica))
             if not isinstance(opened, EventStream):
@@ -119,9 +138,14 @@ class ChatService:
         return ChatStream(events, stream, self._dispatcher.hold(replica))
 
     async def _lazy(
-        self, route: Route, version: Version, key: str | None,
-        data: dict[str, Any], request: ChatCompletionRequest, record: RequestRecord,
-    ) -> AsyncGenerator[bytes, None]:  # fmt: skip
+        self,
+        route: Route,
+        version: Version,
+        key: str | None,
+        data: dict[str, Any],
+        request: ChatCompletionRequest,
+        record: RequestRecord,
+    ) -> AsyncGenerator[bytes, None]:
         try:
             stream = await self._open(route, version, key, data, request, record)
         except GatewayError as exc:
@@ -195,10 +219,7 @@ class ChatService:
 
 def _aborted(choices: Iterable[dict[str, Any]]) -> bool:
     """Whether a choice finished for a reason other than the normal ones (vLLM's ``abort``, ``error``)."""
-    for choice in choices:
-        if choice.get("finish_reason") not in _OK_FINISH:
-            return True
-    return False
+    return any(choice.get("finish_reason") not in _OK_FINISH for choice in choices)
 
 
 def _body(data: dict[str, Any], replica: Replica) -> bytes:

@@ -135,7 +135,9 @@ class Dispatcher:
             replicas = self.health.healthy(candidate.replicas, exclude)
             if replicas:
                 if candidate is not version:
-                    self._metrics.child(self._metrics.decisions, route.model, candidate.label, "fallback").inc()
+                    self._metrics.child(
+                        self._metrics.decisions, route.model, candidate.label, "fallback"
+                    ).inc()
                     record.version = candidate.label
                 replica = self._policy(candidate).choose(replicas, key)
                 record.replica = replica.id
@@ -169,9 +171,11 @@ class Dispatcher:
             if self.engines is None:
                 raise
             startable = [
-                r for v in fallback_chain(route, version) for r in v.replicas
+                r
+                for v in fallback_chain(route, version)
+                for r in v.replicas
                 if r.id not in exclude and self.engines.can_start(r.base_url)
-            ]  # fmt: skip
+            ]
             if not startable:
                 raise
         if self._waiting >= self._on_demand_max_waiting:
@@ -270,10 +274,14 @@ class Dispatcher:
                 self._metrics.retries.labels(route.model, used.label, replica.id).inc()
 
 
-async def post_answer(upstream: Upstream, replica: Replica, path: str, data: dict[str, Any]) -> dict[str, Any]:
+async def post_answer(
+    upstream: Upstream, replica: Replica, path: str, data: dict[str, Any]
+) -> dict[str, Any]:
     """POST ``data`` to ``replica`` under its served name; the engine's JSON answer, or the
     normalised error (engine status, unreadable answer)."""
-    reply = await upstream.post_json(replica.base_url, path, orjson.dumps({**data, "model": replica.served_name}))
+    reply = await upstream.post_json(
+        replica.base_url, path, orjson.dumps({**data, "model": replica.served_name})
+    )
     if reply.status != 200:
         raise engine_error(reply.status, reply.body)
     try:

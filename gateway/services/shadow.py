@@ -41,15 +41,23 @@ class ShadowSender:
             if not healthy or len(self._tasks) >= self._limit:
                 self._metrics.shadow.labels(route.model, version.label, replica_label, "skipped").inc()
                 continue
-            replica = healthy[0] if len(healthy) == 1 else min(healthy, key=lambda r: self._dispatcher.health.load(r.id))
+            replica = (
+                healthy[0]
+                if len(healthy) == 1
+                else min(healthy, key=lambda r: self._dispatcher.health.load(r.id))
+            )
             copy = {k: v for k, v in data.items() if k != "stream_options"}
             copy["stream"] = False
             copy["model"] = replica.served_name
-            task = asyncio.create_task(self._run(route, version, replica.id, replica.base_url, path, orjson.dumps(copy)))
+            task = asyncio.create_task(
+                self._run(route, version, replica.id, replica.base_url, path, orjson.dumps(copy))
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, route: Route, version: Version, replica_id: str, base_url: str, path: str, body: bytes) -> None:
+    async def _run(
+        self, route: Route, version: Version, replica_id: str, base_url: str, path: str, body: bytes
+    ) -> None:
         labels = (route.model, version.label, replica_id)
         started = time.perf_counter()
         outcome = "error"

@@ -46,8 +46,11 @@ def environment(service: compose_spec.Service) -> dict[str, str]:
 
 def test_compose_file_parses_into_typed_models(spec: compose_spec.ComposeSpecification) -> None:
     assert set(spec.services) == {"gateway", "chat-v1", "chat-v2", "embeddings"} | {
-        "gateway-cpu", "chat-v1-cpu", "chat-v2-cpu", "embeddings-cpu"
-    }  # fmt: skip
+        "gateway-cpu",
+        "chat-v1-cpu",
+        "chat-v2-cpu",
+        "embeddings-cpu",
+    }
 
 
 def test_compose_parser_rejects_a_misspelt_key() -> None:
@@ -141,7 +144,7 @@ def test_gateway_mounts_a_valid_config_whose_engines_resolve_in_its_profile(
     for name, service in engines(spec, profile).items():
         reachable[name] = service
         for network in (service.networks or {}).values():
-            reachable.update({alias: service for alias in network.aliases or ()})
+            reachable.update(dict.fromkeys(network.aliases or (), service))
 
     config = parse_config(config_path.read_text(), str(config_path))
 

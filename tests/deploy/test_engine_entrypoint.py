@@ -182,8 +182,10 @@ def test_every_problem_is_reported_at_once() -> None:
 
     assert result.returncode == 2
     assert sorted(line.split("=")[0].strip() for line in result.stderr.splitlines()[1:]) == [
-        "OFFLOAD_ENGINE_MAX_NUM_SEQS", "OFFLOAD_ENGINE_PORT", "OFFLOAD_ENGINE_TASK"
-    ]  # fmt: skip
+        "OFFLOAD_ENGINE_MAX_NUM_SEQS",
+        "OFFLOAD_ENGINE_PORT",
+        "OFFLOAD_ENGINE_TASK",
+    ]
 
 
 def test_an_invalid_spec_never_starts_vllm(tmp_path: Path) -> None:

@@ -48,7 +48,11 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
                     local=LocalEngine(model=CHAT, port=free_port(), dtype="float32", max_model_len=4096)
                 ),
             ),
-            ModelConfig(name=EMBED, task="embeddings", engine=EngineConfig(local=LocalEngine(model=EMBED, port=free_port()))),
+            ModelConfig(
+                name=EMBED,
+                task="embeddings",
+                engine=EngineConfig(local=LocalEngine(model=EMBED, port=free_port())),
+            ),
             ModelConfig(
                 name=CHAT_V2,
                 task="chat",
@@ -90,4 +94,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "destructive: kills and restarts engines; runs last")
-

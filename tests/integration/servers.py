@@ -39,7 +39,9 @@ def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "co
 def engine_gauge(base_url: str, name: str) -> float:
     """A vLLM gauge (e.g. ``vllm:num_requests_running``) read from an engine's /metrics."""
     text = httpx.get(base_url + "/metrics", timeout=5).text
-    values = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+    values = [
+        float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    ]
     assert values, f"{name} not in engine metrics"
     return sum(values)
 
@@ -73,7 +75,9 @@ class GatewayProcess:
             )
         wait_until(self._answers, 30, what="gateway /health")
         if ready:
-            wait_until(lambda: httpx.get(self.base_url + "/ready?all=true").status_code == 200, 30, what="/ready")
+            wait_until(
+                lambda: httpx.get(self.base_url + "/ready?all=true").status_code == 200, 30, what="/ready"
+            )
         return self
 
     def _answers(self) -> bool:
@@ -110,10 +114,17 @@ class OffloadRun:
         with self.out.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "--config", str(config), "--port", str(self.port)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "OFFLOAD_DATA_DIR": str(Settings().data_dir), "OFFLOAD_HEALTH__PROBE_INTERVAL": "0.5",
-                     "OFFLOAD_HEALTH__COOLDOWN": "0.5", "OFFLOAD_LOG__FORMAT": "json"},
-            )  # fmt: skip
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={
+                    **os.environ,
+                    "OFFLOAD_DATA_DIR": str(Settings().data_dir),
+                    "OFFLOAD_HEALTH__PROBE_INTERVAL": "0.5",
+                    "OFFLOAD_HEALTH__COOLDOWN": "0.5",
+                    "OFFLOAD_LOG__FORMAT": "json",
+                },
+            )
 
     def wait_ready(self, timeout: float = 300) -> None:
         def ready() -> bool:
@@ -129,13 +140,20 @@ class OffloadRun:
         return {e["name"]: e for e in httpx.get(self.base_url + "/admin/engines", timeout=10).json()["data"]}
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "gateway", "engines", *args, "--url", self.base_url],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "engines", *args, "--url", self.base_url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
     def pid_of(self, name: str) -> int:
-        return int(re.findall(rf"engine {re.escape(name)}: starting[^(]*\(pid (\d+)", self.out.read_text())[-1])
+        return int(
+            re.findall(rf"engine {re.escape(name)}: starting[^(]*\(pid (\d+)", self.out.read_text())[-1]
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -37,7 +37,10 @@ def test_stream_has_role_first_one_id_and_exactly_one_finish_reason(client: Open
 def test_stream_ends_with_usage_chunk_only_when_asked(client: OpenAI) -> None:
     chunks = list(
         client.chat.completions.create(
-            model=CHAT, messages=QUESTION, stream=True, max_tokens=5,
+            model=CHAT,
+            messages=QUESTION,
+            stream=True,
+            max_tokens=5,
             stream_options={"include_usage": True},
         )
     )
@@ -58,14 +61,19 @@ def test_unknown_fields_pass_through_to_the_engine(client: OpenAI) -> None:
 
 def test_sse_wire_format_and_request_id(gateway: GatewayProcess) -> None:
     body = {"model": CHAT, "messages": QUESTION, "stream": True, "max_tokens": 3}
-    with httpx.stream("POST", gateway.base_url + "/v1/chat/completions", json=body,
-                      headers={"X-Request-Id": "test-id-42"}, timeout=60) as r:
+    with httpx.stream(
+        "POST",
+        gateway.base_url + "/v1/chat/completions",
+        json=body,
+        headers={"X-Request-Id": "test-id-42"},
+        timeout=60,
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["x-request-id"] == "test-id-42"
         text = "".join(r.iter_text())
     events = [e for e in text.split("\n\n") if e]
-    assert all(e.startswith("data: ") or e.startswith(":") for e in events)
+    assert all(e.startswith(("data: ", ":")) for e in events)
     assert events[-1] == "data: [DONE]"
     assert '"request_id": "test-id-42"' in gateway.log() or '"request_id":"test-id-42"' in gateway.log()
 
@@ -84,13 +92,18 @@ def test_schema_violation_is_400_naming_the_field(client: OpenAI) -> None:
 
 
 def test_malformed_json_is_400(gateway: GatewayProcess) -> None:
-    r = httpx.post(gateway.base_url + "/v1/chat/completions", content=b"{not json",
-                   headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_engine_validation_error_comes_back_as_400_without_engine_details(client: OpenAI, gateway: GatewayProcess) -> None:
+def test_engine_validation_error_comes_back_as_400_without_engine_details(
+    client: OpenAI, gateway: GatewayProcess
+) -> None:
     # The prompt is far longer than the engine's max_model_len (4096): vLLM rejects it with 400.
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "hello " * 5000}])

@@ -13,46 +13,64 @@ from tests.integration.servers import GatewayProcess, engine_gauge, wait_until
 
 RUNNING = "vllm:num_requests_running"
 # ignore_eos + 2000 tokens at ~17 tokens/s: about two minutes of work if nobody aborts it.
-LONG = {"model": CHAT, "messages": [{"role": "user", "content": "Tell me a story."}],
-        "max_tokens": 2000, "ignore_eos": True}
+LONG = {
+    "model": CHAT,
+    "messages": [{"role": "user", "content": "Tell me a story."}],
+    "max_tokens": 2000,
+    "ignore_eos": True,
+}
 
 
 def _wait_idle(engines: Engines) -> None:
     wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 0, 30, what="engine idle")
 
 
-def test_stream_disconnect_aborts_engine_request_within_a_second(gateway: GatewayProcess, engines: Engines) -> None:
+def test_stream_disconnect_aborts_engine_request_within_a_second(
+    gateway: GatewayProcess, engines: Engines
+) -> None:
     _wait_idle(engines)
-    with httpx.stream("POST", gateway.base_url + "/v1/chat/completions", json={**LONG, "stream": True},
-                      timeout=60) as r:
+    with httpx.stream(
+        "POST", gateway.base_url + "/v1/chat/completions", json={**LONG, "stream": True}, timeout=60
+    ) as r:
         assert r.status_code == 200
         lines = r.iter_lines()  # keep the iterator: dropping it would close the connection early
         chunks = 0
         while chunks < 5:
             chunks += next(lines).startswith("data: ")
         # The engine shows the request as running (it would for minutes: 2000 tokens, ignore_eos).
-        wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 1, 10, interval=0.05, what="engine busy")
+        wait_until(
+            lambda: engine_gauge(engines.url(CHAT), RUNNING) == 1, 10, interval=0.05, what="engine busy"
+        )
         r.close()
     left = time.monotonic()
-    waited = wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 0, 5, interval=0.05,
-                        what="engine to abort")
+    waited = wait_until(
+        lambda: engine_gauge(engines.url(CHAT), RUNNING) == 0, 5, interval=0.05, what="engine to abort"
+    )
     assert time.monotonic() - left <= 1.0, f"engine still running {waited:.2f} s after the client left"
 
 
-def test_non_streaming_disconnect_aborts_engine_request_within_a_second(gateway: GatewayProcess, engines: Engines) -> None:
+def test_non_streaming_disconnect_aborts_engine_request_within_a_second(
+    gateway: GatewayProcess, engines: Engines
+) -> None:
     _wait_idle(engines)
     body = orjson.dumps(LONG)
     sock = socket.create_connection(("127.0.0.1", gateway.port))
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
     )
     wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 1, 10, interval=0.05, what="engine busy")
     time.sleep(0.5)
     sock.close()
     left = time.monotonic()
-    wait_until(lambda: engine_gauge(engines.url(CHAT), RUNNING) == 0, 5, interval=0.05, what="engine to abort")
+    wait_until(
+        lambda: engine_gauge(engines.url(CHAT), RUNNING) == 0, 5, interval=0.05, what="engine to abort"
+    )
     assert time.monotonic() - left <= 1.0
     # The gateway logged the request as a client disconnect (499), not as an error of its own.
-    wait_until(lambda: '"status": 499' in gateway.log() or '"status":499' in gateway.log(), 5,
-               what="499 in the access log")
+    wait_until(
+        lambda: '"status": 499' in gateway.log() or '"status":499' in gateway.log(),
+        5,
+        what="499 in the access log",
+    )

@@ -25,7 +25,9 @@ def test_sdk_default_base64_equals_float_within_1e6(client: OpenAI) -> None:
 
 
 def test_raw_base64_is_little_endian_float32(client: OpenAI) -> None:
-    raw = client.embeddings.with_raw_response.create(model=EMBED, input="hello world", encoding_format="base64")
+    raw = client.embeddings.with_raw_response.create(
+        model=EMBED, input="hello world", encoding_format="base64"
+    )
     payload = raw.http_response.json()["data"][0]["embedding"]
     vec = np.frombuffer(base64.b64decode(payload), dtype="<f4")
     assert vec.shape == (384,)
@@ -36,7 +38,9 @@ def test_list_and_token_array_inputs(client: OpenAI) -> None:
     assert [d.index for d in many.data] == [0, 1, 2]
     tokens = client.embeddings.create(model=EMBED, input=[101, 7592, 2088, 102], encoding_format="float")
     assert len(tokens.data) == 1 and len(tokens.data[0].embedding) == 384
-    batches = client.embeddings.create(model=EMBED, input=[[101, 7592, 102], [101, 2088, 102]], encoding_format="float")
+    batches = client.embeddings.create(
+        model=EMBED, input=[[101, 7592, 102], [101, 2088, 102]], encoding_format="float"
+    )
     assert len(batches.data) == 2
     assert many.usage.prompt_tokens > 0
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import CHAT, EMBED
 from tests.integration.servers import GatewayProcess
@@ -28,12 +28,17 @@ def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 def test_metrics_count_requests_tokens_and_latency_by_model(client: OpenAI, gateway: GatewayProcess) -> None:
-    list(client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Hi"}],
-                                        stream=True, max_tokens=4))
+    list(
+        client.chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": "Hi"}], stream=True, max_tokens=4
+        )
+    )
     samples = _samples(httpx.get(gateway.base_url + "/metrics").text)
 
     def value(name: str, **labels: str) -> float:
-        return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items()))
+        return sum(
+            v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items())
+        )
 
     served = {"model": CHAT, "replica": f"{CHAT}-0"}
     assert value("offload_requests_total", endpoint="/v1/chat/completions", status="200", **served) >= 1

@@ -17,9 +17,12 @@ from tests.integration.servers import OffloadRun, free_port, wait_until
 def test_run_serves_then_ctrl_c_stops_gateway_and_engines(engines: Engines, tmp_path: Path) -> None:
     # `engines` first: the models are prepared and the machine is not starting four engines at once.
     engine_port = free_port()
-    run = OffloadRun(tmp_path, [
-        {"name": EMBED, "task": "embeddings", "engine": {"local": {"model": EMBED, "port": engine_port}}},
-    ])  # fmt: skip
+    run = OffloadRun(
+        tmp_path,
+        [
+            {"name": EMBED, "task": "embeddings", "engine": {"local": {"model": EMBED, "port": engine_port}}},
+        ],
+    )
     try:
         run.wait_ready()
         text = run.out.read_text()

@@ -32,11 +32,23 @@ def tmp(tmp_path: Path) -> Path:
 @pytest.fixture
 def run_two(engines: Engines, tmp: Path) -> Iterator[OffloadRun]:
     # `engines` first: models are prepared and the session's engines are not starting any more.
-    run = OffloadRun(tmp, [
-        {"name": "embed", "task": "embeddings", "engine": {"local": {"model": EMBED, "port": free_port()}}},
-        {"name": "lazy", "task": "embeddings",
-         "engine": {"local": {"model": EMBED, "port": free_port(), "on_demand": True, "idle_timeout": 8}}},
-    ])  # fmt: skip
+    run = OffloadRun(
+        tmp,
+        [
+            {
+                "name": "embed",
+                "task": "embeddings",
+                "engine": {"local": {"model": EMBED, "port": free_port()}},
+            },
+            {
+                "name": "lazy",
+                "task": "embeddings",
+                "engine": {
+                    "local": {"model": EMBED, "port": free_port(), "on_demand": True, "idle_timeout": 8}
+                },
+            },
+        ],
+    )
     yield run
     run.stop()
 
@@ -45,7 +57,9 @@ def test_crash_restart_on_demand_and_sigterm(run_two: OffloadRun) -> None:
     run = run_two
     run.wait_ready()
     listing = run.cli("list")
-    assert re.search(r"^embed\s+ready", listing, re.M) and re.search(r"^lazy\s+stopped", listing, re.M), listing
+    assert re.search(r"^embed\s+ready", listing, re.M) and re.search(r"^lazy\s+stopped", listing, re.M), (
+        listing
+    )
     client = OpenAI(base_url=run.base_url + "/v1", api_key="x", max_retries=0, timeout=300)
 
     # kill -9 the engine while requests flow: the gateway stays up, the supervisor restarts it
@@ -55,7 +69,9 @@ def test_crash_restart_on_demand_and_sigterm(run_two: OffloadRun) -> None:
     def traffic() -> None:
         while not stop.is_set():
             try:
-                r = httpx.post(run.base_url + "/v1/embeddings", json={"model": "embed", "input": "x"}, timeout=30)
+                r = httpx.post(
+                    run.base_url + "/v1/embeddings", json={"model": "embed", "input": "x"}, timeout=30
+                )
                 statuses.append(r.status_code)
             except httpx.HTTPError:
                 statuses.append(-1)
@@ -100,17 +116,36 @@ def test_crash_restart_on_demand_and_sigterm(run_two: OffloadRun) -> None:
 
 
 def test_streaming_client_gets_keepalives_while_on_demand_engine_loads(engines: Engines, tmp: Path) -> None:
-    run = OffloadRun(tmp, [
-        {"name": "chat", "task": "chat", "engine": {"local": {
-            "model": "smollm2", "port": free_port(), "dtype": "float32", "max_model_len": 2048,
-            "on_demand": True, "idle_timeout": 600}}},
-    ])  # fmt: skip
+    run = OffloadRun(
+        tmp,
+        [
+            {
+                "name": "chat",
+                "task": "chat",
+                "engine": {
+                    "local": {
+                        "model": "smollm2",
+                        "port": free_port(),
+                        "dtype": "float32",
+                        "max_model_len": 2048,
+                        "on_demand": True,
+                        "idle_timeout": 600,
+                    }
+                },
+            },
+        ],
+    )
     try:
         run.wait_ready(60)
-        body = {"model": "chat", "messages": [{"role": "user", "content": "What is the capital of France?"}],
-                "stream": True, "max_tokens": 10}
-        with httpx.stream("POST", run.base_url + "/v1/chat/completions", json=body, timeout=300,
-                          headers={}) as r:
+        body = {
+            "model": "chat",
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "stream": True,
+            "max_tokens": 10,
+        }
+        with httpx.stream(
+            "POST", run.base_url + "/v1/chat/completions", json=body, timeout=300, headers={}
+        ) as r:
             assert r.status_code == 200
             lines = [line for line in r.iter_lines() if line]
         # keep-alive interval defaults to 15 s and loading takes longer
@@ -122,7 +157,10 @@ def test_streaming_client_gets_keepalives_while_on_demand_engine_loads(engines: 
 
 
 def test_killing_the_gateway_leaves_no_engine_behind(engines: Engines, tmp: Path) -> None:
-    run = OffloadRun(tmp, [{"name": "embed", "task": "embeddings", "engine": {"local": {"model": EMBED, "port": free_port()}}}])
+    run = OffloadRun(
+        tmp,
+        [{"name": "embed", "task": "embeddings", "engine": {"local": {"model": EMBED, "port": free_port()}}}],
+    )
     try:
         run.wait_ready()
         pid = run.pid_of("embed")
@@ -137,10 +175,15 @@ def test_engine_over_its_memory_limit_is_killed_and_restarted_gateway_unaffected
     engines: Engines, gateway: GatewayProcess, tmp: Path
 ) -> None:
     port = free_port()
-    config = OffloadConfig(models=(ModelConfig(
-        name="tight", task="embeddings",
-        engine=EngineConfig(local=LocalEngine(model=EMBED, port=port, memory_limit_gib=0.4)),
-    ),))  # fmt: skip
+    config = OffloadConfig(
+        models=(
+            ModelConfig(
+                name="tight",
+                task="embeddings",
+                engine=EngineConfig(local=LocalEngine(model=EMBED, port=port, memory_limit_gib=0.4)),
+            ),
+        )
+    )
     supervisor = Supervisor(config, Settings().models_dir, tmp / "logs")
     managed = supervisor.managed["tight"]
     assert managed.process.limits.memory_mechanism in ("cgroup", "rlimit")

@@ -25,20 +25,29 @@ def test_engine_too_slow_is_504(tight_gateway: GatewayProcess) -> None:
     client = OpenAI(base_url=tight_gateway.base_url + "/v1", api_key="x", max_retries=0)
     with pytest.raises(openai.InternalServerError) as err:
         client.chat.completions.create(
-            model=CHAT, messages=[{"role": "user", "content": "Count to a thousand."}],
-            max_tokens=500, extra_body={"ignore_eos": True},
+            model=CHAT,
+            messages=[{"role": "user", "content": "Count to a thousand."}],
+            max_tokens=500,
+            extra_body={"ignore_eos": True},
         )
     assert err.value.status_code == 504
     assert err.value.code == "engine_timeout"
 
 
 def test_stream_gets_ping_comments_while_engine_is_silent(tight_gateway: GatewayProcess) -> None:
-    body = {"model": CHAT, "messages": [{"role": "user", "content": "Say hello."}], "stream": True, "max_tokens": 8}
+    body = {
+        "model": CHAT,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "stream": True,
+        "max_tokens": 8,
+    }
     with httpx.stream("POST", tight_gateway.base_url + "/v1/chat/completions", json=body, timeout=60) as r:
         lines = [line for line in r.iter_lines() if line]
     assert ": ping" in lines, "no keep-alive comment although the engine was silent for > 20 ms"
     assert lines[-1] == "data: [DONE]"
     # and the SDK, which ignores comments, still reads the stream
     client = OpenAI(base_url=tight_gateway.base_url + "/v1", api_key="x", max_retries=0)
-    chunks = list(client.chat.completions.create(model=CHAT, messages=body["messages"], stream=True, max_tokens=8))
+    chunks = list(
+        client.chat.completions.create(model=CHAT, messages=body["messages"], stream=True, max_tokens=8)
+    )
     assert sum(1 for c in chunks for ch in c.choices if ch.finish_reason) == 1

@@ -20,14 +20,19 @@ from tests.integration.servers import GatewayProcess, engine_gauge, wait_until
 HI = [{"role": "user", "content": "Say hi."}]
 
 
-def _versions(engines: Engines, v1_weight: float = 50, v2_weight: float = 50, shadow: float = 0) -> list[dict]:
+def _versions(
+    engines: Engines, v1_weight: float = 50, v2_weight: float = 50, shadow: float = 0
+) -> list[dict]:
     return [
         {
             "name": "chat",
             "task": "chat",
             "versions": {
                 "v1": {"weight": v1_weight, "engines": [{"url": engines.url(CHAT), "served_name": CHAT}]},
-                "v2": {"weight": v2_weight, "engines": [{"url": engines.url(CHAT_V2), "served_name": CHAT_V2}]},
+                "v2": {
+                    "weight": v2_weight,
+                    "engines": [{"url": engines.url(CHAT_V2), "served_name": CHAT_V2}],
+                },
                 "v3": {"shadow": shadow, "engines": [{"url": engines.url(CHAT_V2), "served_name": CHAT_V2}]},
             },
             "aliases": {"stable": "v1", "latest": "v2"},
@@ -51,11 +56,15 @@ def vclient(versions_gateway: GatewayProcess) -> OpenAI:
 
 def _served(client: OpenAI, model: str, session: str | None = None) -> tuple[str, httpx.Headers]:
     headers = {"X-Session-Id": session} if session else {}
-    raw = client.chat.completions.with_raw_response.create(model=model, messages=HI, max_tokens=1, extra_headers=headers)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=HI, max_tokens=1, extra_headers=headers
+    )
     return raw.parse().model, raw.headers
 
 
-@pytest.mark.parametrize(("model", "version"), [("chat:v1", "v1"), ("chat:v2", "v2"), ("chat:stable", "v1"), ("chat:latest", "v2")])
+@pytest.mark.parametrize(
+    ("model", "version"), [("chat:v1", "v1"), ("chat:v2", "v2"), ("chat:stable", "v1"), ("chat:latest", "v2")]
+)
 def test_pinned_and_aliased_versions_say_what_served_them(vclient: OpenAI, model: str, version: str) -> None:
     served, headers = _served(vclient, model)
     assert served == f"chat:{version}"
@@ -95,7 +104,10 @@ def test_sticky_sessions_stay_on_one_version(vclient: OpenAI) -> None:
         per_session[i] = versions.pop()
     assert set(per_session.values()) == {"chat:v1", "chat:v2"}
     # the request's `user` field is the session key when no header is sent
-    users = {vclient.chat.completions.create(model="chat", messages=HI, max_tokens=1, user="alice").model for _ in range(4)}
+    users = {
+        vclient.chat.completions.create(model="chat", messages=HI, max_tokens=1, user="alice").model
+        for _ in range(4)
+    }
     assert len(users) == 1
 
 
@@ -113,13 +125,18 @@ def test_shadow_copies_are_sent_but_never_answer(engines: Engines, tmp_path: Pat
             assert client.chat.completions.create(model="chat", messages=HI, max_tokens=2).model == "chat:v1"
 
         def shadowed() -> bool:
-            m = re.search(r'offload_shadow_requests_total\{model="chat",outcome="ok",replica="chat-v3-0",version="v3"\} (\S+)',
-                          httpx.get(gw.base_url + "/metrics").text)
+            m = re.search(
+                r'offload_shadow_requests_total\{model="chat",outcome="ok",replica="chat-v3-0",version="v3"\} (\S+)',
+                httpx.get(gw.base_url + "/metrics").text,
+            )
             return m is not None and float(m.group(1)) == 4
 
         wait_until(shadowed, 30, what="4 shadow copies recorded")
         assert engine_gauge(engines.url(CHAT_V2), "vllm:request_success_total") >= before + 4
-        assert 'offload_shadow_duration_seconds_count{model="chat",replica="chat-v3-0",version="v3"} 4.0' in httpx.get(gw.base_url + "/metrics").text
+        assert (
+            'offload_shadow_duration_seconds_count{model="chat",replica="chat-v3-0",version="v3"} 4.0'
+            in httpx.get(gw.base_url + "/metrics").text
+        )
     finally:
         gw.stop()
 
@@ -127,8 +144,9 @@ def test_shadow_copies_are_sent_but_never_answer(engines: Engines, tmp_path: Pat
 def test_reweighting_by_editing_the_file_takes_effect_without_dropping_a_stream(
     versions_gateway: GatewayProcess, vclient: OpenAI, engines: Engines
 ) -> None:
-    stream = vclient.chat.completions.create(model="chat:v1", messages=HI, stream=True, max_tokens=60,
-                                             extra_body={"ignore_eos": True})
+    stream = vclient.chat.completions.create(
+        model="chat:v1", messages=HI, stream=True, max_tokens=60, extra_body={"ignore_eos": True}
+    )
     first = next(iter(stream))
     versions_gateway.config_path.write_text(yaml.safe_dump({"models": _versions(engines, 0, 100)}))
     try:

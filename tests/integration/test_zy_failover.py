@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 import openai
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import CHAT, CHAT_V2, Engines
 from tests.integration.servers import GatewayProcess, engine_gauge, wait_until
@@ -20,16 +20,29 @@ from tests.integration.servers import GatewayProcess, engine_gauge, wait_until
 pytestmark = pytest.mark.destructive
 
 
-def test_killing_a_replica_under_load_loses_no_request_that_had_no_byte(engines: Engines, tmp_path: Path) -> None:
-    models = [{
-        "name": "pool", "task": "chat", "policy": "round_robin",
-        "engines": [{"url": engines.url(CHAT), "served_name": CHAT}, {"url": engines.url(CHAT_V2), "served_name": CHAT_V2}],
-    }]  # fmt: skip
+def test_killing_a_replica_under_load_loses_no_request_that_had_no_byte(
+    engines: Engines, tmp_path: Path
+) -> None:
+    models = [
+        {
+            "name": "pool",
+            "task": "chat",
+            "policy": "round_robin",
+            "engines": [
+                {"url": engines.url(CHAT), "served_name": CHAT},
+                {"url": engines.url(CHAT_V2), "served_name": CHAT_V2},
+            ],
+        }
+    ]
     gw = GatewayProcess(tmp_path, models).start()
 
     def both_up() -> bool:  # a slow first probe leaves a replica unknown (no traffic) for a moment
-        up = [s for f in text_string_to_metric_families(httpx.get(gw.base_url + "/metrics").text)
-              for s in f.samples if s.name == "offload_replica_up" and s.labels["model"] == "pool"]
+        up = [
+            s
+            for f in text_string_to_metric_families(httpx.get(gw.base_url + "/metrics").text)
+            for s in f.samples
+            if s.name == "offload_replica_up" and s.labels["model"] == "pool"
+        ]
         return len(up) == 2 and all(s.value == 1 for s in up)
 
     wait_until(both_up, 30, what="both replicas up")
@@ -43,8 +56,10 @@ def test_killing_a_replica_under_load_loses_no_request_that_had_no_byte(engines:
         while time.monotonic() < stop_at:
             try:
                 reply = client.chat.completions.create(
-                    model="pool", messages=[{"role": "user", "content": f"Count from {i}."}],
-                    max_tokens=12, extra_body={"ignore_eos": True},
+                    model="pool",
+                    messages=[{"role": "user", "content": f"Count from {i}."}],
+                    max_tokens=12,
+                    extra_body={"ignore_eos": True},
                 )
                 ok = reply.usage is not None and reply.usage.completion_tokens == 12
                 with lock:
@@ -57,8 +72,12 @@ def test_killing_a_replica_under_load_loses_no_request_that_had_no_byte(engines:
     for t in threads:
         t.start()
     try:
-        wait_until(lambda: engine_gauge(engines.url(CHAT_V2), "vllm:num_requests_running") > 0, 30,
-                   interval=0.1, what="load on the victim")
+        wait_until(
+            lambda: engine_gauge(engines.url(CHAT_V2), "vllm:num_requests_running") > 0,
+            30,
+            interval=0.1,
+            what="load on the victim",
+        )
         time.sleep(2)
         assert victim.pid is not None
         os.killpg(victim.pid, signal.SIGKILL)

@@ -23,8 +23,11 @@ def test_killed_engine_gives_in_band_error_then_503_then_recovers(
 ) -> None:
     engine = engines.by_name[CHAT]
     stream = client.chat.completions.create(
-        model=CHAT, messages=[{"role": "user", "content": "Tell me a long story."}], stream=True,
-        max_tokens=2000, extra_body={"ignore_eos": True},
+        model=CHAT,
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        stream=True,
+        max_tokens=2000,
+        extra_body={"ignore_eos": True},
     )
     received = 0
     with pytest.raises(openai.APIError) as err:
@@ -52,8 +55,13 @@ def test_killed_engine_gives_in_band_error_then_503_then_recovers(
     answers: list[httpx.Response] = []
 
     def hit() -> None:
-        answers.append(httpx.post(gateway.base_url + "/v1/chat/completions", timeout=30,
-                                  json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}]}))
+        answers.append(
+            httpx.post(
+                gateway.base_url + "/v1/chat/completions",
+                timeout=30,
+                json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}]},
+            )
+        )
 
     threads = [threading.Thread(target=hit) for _ in range(20)]
     for t in threads:
@@ -68,9 +76,12 @@ def test_killed_engine_gives_in_band_error_then_503_then_recovers(
     engine.start()
     restarted = time.monotonic()
     wait_until(engine.check_started, 300, interval=1, what="engine restart")
-    wait_until(lambda: httpx.get(gateway.base_url + "/ready?all=true").status_code == 200, 10, what="gateway ready")
+    wait_until(
+        lambda: httpx.get(gateway.base_url + "/ready?all=true").status_code == 200, 10, what="gateway ready"
+    )
     recovered = time.monotonic() - restarted
-    reply = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "What is the capital of France?"}])
+    reply = client.chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "What is the capital of France?"}]
+    )
     assert "Paris" in (reply.choices[0].message.content or "")
     print(f"\nengine restart to gateway ready: {recovered:.1f} s")
-

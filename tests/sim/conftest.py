@@ -60,8 +60,9 @@ def serve_sim(config: SimConfig) -> Iterator[RunningSim]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = create_sim_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=1)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

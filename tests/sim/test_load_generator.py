@@ -29,8 +29,14 @@ def slow_sim() -> Iterator[RunningSim]:
 async def test_run_load_makes_the_requested_number_of_requests_with_plausible_timings(
     slow_sim: RunningSim,
 ) -> None:
-    config = LoadConfig(base_url=slow_sim.base_url, model="m", concurrency=4, requests=20,
-                        prompt_tokens=Dist(16, 32), output_tokens=Dist(6, 6))
+    config = LoadConfig(
+        base_url=slow_sim.base_url,
+        model="m",
+        concurrency=4,
+        requests=20,
+        prompt_tokens=Dist(16, 32),
+        output_tokens=Dist(6, 6),
+    )
     result = await run_load(config)
     assert len(result.records) == 20
     assert all(r.ok for r in result.records), result.errors
@@ -51,8 +57,9 @@ async def test_run_load_makes_the_requested_number_of_requests_with_plausible_ti
 
 
 async def test_poisson_arrivals_stop_issuing_at_the_duration(sim: RunningSim) -> None:
-    config = LoadConfig(base_url=sim.base_url, model="sim", rate=40, duration=0.5, stream=False,
-                        output_tokens=Dist(4, 4))
+    config = LoadConfig(
+        base_url=sim.base_url, model="sim", rate=40, duration=0.5, stream=False, output_tokens=Dist(4, 4)
+    )
     result = await run_load(config)
     assert 3 <= len(result.records) <= 60
     assert max(r.start for r in result.records) < 0.6  # none issued after the duration
@@ -60,11 +67,17 @@ async def test_poisson_arrivals_stop_issuing_at_the_duration(sim: RunningSim) ->
 
 
 async def test_errors_are_counted_by_kind(sim: RunningSim) -> None:
-    failing = LoadConfig(base_url=sim.base_url, model="sim", requests=6, concurrency=2,
-                         headers={"X-Sim-Error-Rate": "1", "X-Sim-Error-Status": "503"})
+    failing = LoadConfig(
+        base_url=sim.base_url,
+        model="sim",
+        requests=6,
+        concurrency=2,
+        headers={"X-Sim-Error-Rate": "1", "X-Sim-Error-Status": "503"},
+    )
     assert (await run_load(failing)).errors == {"http_503": 6}
-    broken = LoadConfig(base_url=sim.base_url, model="sim", requests=4, concurrency=2,
-                        headers={"X-Sim-Reset-After": "2"})
+    broken = LoadConfig(
+        base_url=sim.base_url, model="sim", requests=4, concurrency=2, headers={"X-Sim-Reset-After": "2"}
+    )
     result = await run_load(broken)
     assert result.errors == {"broken": 4}
     assert all(r.events == 2 for r in result.records)
@@ -72,8 +85,11 @@ async def test_errors_are_counted_by_kind(sim: RunningSim) -> None:
 
 
 async def test_embeddings_load_counts_prompt_tokens(sim: RunningSim) -> None:
-    result = await run_load(LoadConfig(base_url=sim.base_url, model="sim", kind="embeddings",
-                                       requests=10, prompt_tokens=Dist(8, 8)))
+    result = await run_load(
+        LoadConfig(
+            base_url=sim.base_url, model="sim", kind="embeddings", requests=10, prompt_tokens=Dist(8, 8)
+        )
+    )
     assert len(result.ok) == 10
     assert all(r.prompt_tokens > 0 and r.latency is not None for r in result.records)
 
@@ -89,10 +105,30 @@ async def test_targets_other_than_loopback_are_refused() -> None:
 def test_cli_prints_the_summary_and_writes_json(sim: RunningSim, tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     finished = subprocess.run(
-        [sys.executable, "-m", "benchmarks.load", "--base-url", sim.base_url, "--model", "sim",
-         "--requests", "8", "--concurrency", "2", "--output-tokens", "3-5", "--quiet", "--out", str(out),
-         "--extra-body", '{"temperature": 0}'],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--base-url",
+            sim.base_url,
+            "--model",
+            "sim",
+            "--requests",
+            "8",
+            "--concurrency",
+            "2",
+            "--output-tokens",
+            "3-5",
+            "--quiet",
+            "--out",
+            str(out),
+            "--extra-body",
+            '{"temperature": 0}',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert finished.returncode == 0, finished.stderr
     assert "req/s" in finished.stdout and "p99" in finished.stdout

@@ -14,9 +14,19 @@ SCENARIOS = [("ns1", "non-streaming, 1 client"), ("s64", "streaming, 64 streams"
 
 
 def run(target: str, scenario: str, rnd: int, latency: float, cpu: float, rps: float) -> dict[str, Any]:
-    return {"target": target, "scenario": scenario, "round": rnd, "requests": 100, "errors": {},
-            "latency_p50_ms": latency, "latency_p99_ms": latency * 2, "ttft_p50_ms": latency,
-            "itl_p99_ms": latency, "rps": rps, "cpu_ms_per_req": cpu}
+    return {
+        "target": target,
+        "scenario": scenario,
+        "round": rnd,
+        "requests": 100,
+        "errors": {},
+        "latency_p50_ms": latency,
+        "latency_p99_ms": latency * 2,
+        "ttft_p50_ms": latency,
+        "itl_p99_ms": latency,
+        "rps": rps,
+        "cpu_ms_per_req": cpu,
+    }
 
 
 def summary() -> dict[str, Any]:
@@ -41,25 +51,38 @@ def test_added_numbers_are_paired_within_a_round_and_ratios_follow() -> None:
 
 
 def test_the_readme_section_is_replaced_between_its_markers_only(tmp_path: Path) -> None:
-    meta = {"mode": "full", "started_at": "2026-01-01 00:00:00", "plan": {"rounds": 3, "seconds": 8.0},
-            "machine": {"cpus": 2, "loadavg_start": [1.0], "loadavg_end": [1.5]},
-            "targets": {"sim": {"version": "floor"}, "offload": {"version": "0.1.0 (abc)"},
-                        "vllm-router": {"version": "vllm-router 0.1.17"}}}
+    meta = {
+        "mode": "full",
+        "started_at": "2026-01-01 00:00:00",
+        "plan": {"rounds": 3, "seconds": 8.0},
+        "machine": {"cpus": 2, "loadavg_start": [1.0], "loadavg_end": [1.5]},
+        "targets": {
+            "sim": {"version": "floor"},
+            "offload": {"version": "0.1.0 (abc)"},
+            "vllm-router": {"version": "vllm-router 0.1.17"},
+        },
+    }
     text = render.readme_summary(summary(), meta)
     readme = tmp_path / "README.md"
-    readme.write_text("before\n<!-- results:overhead:begin -->\nold table\n<!-- results:overhead:end -->\nafter\n")
+    readme.write_text(
+        "before\n<!-- results:overhead:begin -->\nold table\n<!-- results:overhead:end -->\nafter\n"
+    )
 
     assert update_section("overhead", text, readme) is True
     assert update_section("missing", text, readme) is False
 
     written = readme.read_text()
-    assert written.startswith("before\n<!-- results:overhead:begin -->\n") and written.endswith("end -->\nafter\n")
+    assert written.startswith("before\n<!-- results:overhead:begin -->\n") and written.endswith(
+        "end -->\nafter\n"
+    )
     assert "old table" not in written
     assert "| gateway CPU per request @1 client (ms) | - | 0.500 | 0.250 |" in written
     assert "vllm-router 0.1.17" in written
 
 
-def test_publish_updates_the_readme_only_for_the_standard_results_file(tmp_path: Path, monkeypatch: Any) -> None:
+def test_publish_updates_the_readme_only_for_the_standard_results_file(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results:demo:begin -->\nold\n<!-- results:demo:end -->\n")
     monkeypatch.setattr(readme_module, "README", readme)

@@ -55,9 +55,11 @@ def test_stream_starts_with_role_keeps_one_id_and_sends_one_finish_reason(sim: R
 
 
 def test_stream_ends_with_usage_chunk_only_when_asked(sim: RunningSim) -> None:
-    chunks = list(sim.client().chat.completions.create(
-        model="sim", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
-    ))
+    chunks = list(
+        sim.client().chat.completions.create(
+            model="sim", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
     last = chunks[-1]
     assert last.choices == []
     assert last.usage is not None and last.usage.completion_tokens == 8
@@ -79,8 +81,14 @@ def test_unknown_model_is_404_in_vllm_error_shape(sim: RunningSim) -> None:
         sim.client().chat.completions.create(model="nope", messages=MESSAGES)
     reply = httpx.post(sim.base_url + "/v1/chat/completions", json={"model": "nope", "messages": MESSAGES})
     assert reply.status_code == 404
-    assert reply.json() == {"error": {"message": "The model `nope` does not exist.", "type": "NotFoundError",
-                                      "param": None, "code": 404}}
+    assert reply.json() == {
+        "error": {
+            "message": "The model `nope` does not exist.",
+            "type": "NotFoundError",
+            "param": None,
+            "code": 404,
+        }
+    }
 
 
 def test_invalid_request_is_400_bad_request_error_with_integer_code(sim: RunningSim) -> None:

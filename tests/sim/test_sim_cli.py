@@ -22,9 +22,20 @@ def _free_port() -> int:
 def test_module_entry_point_serves_health_and_the_named_model() -> None:
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "engines.sim", "--host", "127.0.0.1", "--port", str(port),
-         "--model", "cli-model"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "engines.sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model",
+            "cli-model",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         base = f"http://127.0.0.1:{port}"

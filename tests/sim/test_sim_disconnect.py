@@ -30,7 +30,10 @@ def test_closing_a_stream_early_brings_running_back_to_zero(start_sim: StartSim)
 def test_a_client_leaving_a_non_streaming_request_frees_its_slot(start_sim: StartSim) -> None:
     sim = start_sim(SimConfig(knobs=Knobs(ttft=5.0)))
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(sim.base_url + "/v1/chat/completions", json={"model": "sim", "messages": MESSAGES},
-                   timeout=httpx.Timeout(5.0, read=0.3))
+        httpx.post(
+            sim.base_url + "/v1/chat/completions",
+            json={"model": "sim", "messages": MESSAGES},
+            timeout=httpx.Timeout(5.0, read=0.3),
+        )
     assert sim.wait_for_metric("vllm:num_requests_running", 0) == 0
     assert sim.engine.finished["abort"] == 1

@@ -17,8 +17,9 @@ def test_float_encoding_equals_base64_decoded_within_1e_6(sim: RunningSim) -> No
     client = sim.client()
     floats = client.embeddings.create(model="sim", input=INPUTS, encoding_format="float")
     decoded_by_sdk = client.embeddings.create(model="sim", input=INPUTS)  # the SDK asks for base64
-    raw = httpx.post(sim.base_url + "/v1/embeddings",
-                     json={"model": "sim", "input": INPUTS, "encoding_format": "base64"}).json()
+    raw = httpx.post(
+        sim.base_url + "/v1/embeddings", json={"model": "sim", "input": INPUTS, "encoding_format": "base64"}
+    ).json()
     for f, b, r in zip(floats.data, decoded_by_sdk.data, raw["data"], strict=True):
         ours = struct.unpack("<32f", base64.b64decode(r["embedding"]))  # little-endian float32
         assert len(f.embedding) == len(b.embedding) == 32

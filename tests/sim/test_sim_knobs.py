@@ -27,14 +27,19 @@ def test_error_rate_one_with_status_503_fails_every_request_with_503(start_sim: 
         assert caught.value.status_code == 503
     reply = httpx.post(sim.base_url + "/v1/embeddings", json={"model": "sim", "input": "x"})
     assert reply.status_code == 503
-    assert reply.json()["error"] == {"message": "Simulated engine error.", "type": "ServiceUnavailableError",
-                                     "param": None, "code": 503}
+    assert reply.json()["error"] == {
+        "message": "Simulated engine error.",
+        "type": "ServiceUnavailableError",
+        "param": None,
+        "code": 503,
+    }
 
 
 def test_error_knobs_work_per_request_through_headers(sim: RunningSim) -> None:
     with pytest.raises(openai.InternalServerError) as caught:
         sim.client().chat.completions.create(
-            model="sim", messages=MESSAGES,
+            model="sim",
+            messages=MESSAGES,
             extra_headers={"X-Sim-Error-Rate": "1", "X-Sim-Error-Status": "503"},
         )
     assert caught.value.status_code == 503
@@ -88,7 +93,9 @@ def test_body_sim_field_sets_ttft_and_itl_of_a_whole_answer(sim: RunningSim) -> 
 def test_stall_after_n_goes_silent_with_the_connection_open(sim: RunningSim) -> None:
     client = sim.client(timeout=openai.Timeout(5.0, read=0.5))
     stream = client.chat.completions.create(
-        model="sim", messages=MESSAGES, stream=True,
+        model="sim",
+        messages=MESSAGES,
+        stream=True,
         extra_headers={"X-Sim-Stall-After": "2", "X-Sim-Stall-S": "5"},
     )
     received = []
@@ -107,8 +114,11 @@ def test_slow_health_knob_delays_health(sim: RunningSim) -> None:
 
 
 def test_invalid_knob_value_is_a_400_naming_the_knob(sim: RunningSim) -> None:
-    reply = httpx.post(sim.base_url + "/v1/chat/completions", headers={"X-Sim-TTFT": "soon"},
-                       json={"model": "sim", "messages": MESSAGES})
+    reply = httpx.post(
+        sim.base_url + "/v1/chat/completions",
+        headers={"X-Sim-TTFT": "soon"},
+        json={"model": "sim", "messages": MESSAGES},
+    )
     assert reply.status_code == 400
     assert reply.json()["error"]["param"] == "ttft"
 
@@ -130,7 +140,20 @@ def test_requests_beyond_max_running_count_as_waiting(start_sim: StartSim) -> No
 
 
 def test_cli_flags_become_the_instance_config() -> None:
-    config, args = parse_args(["--port", "9", "--served-model-name", "a", "b", "--ttft", "0.5",
-                               "--reset-after", "3", "--max-running", "4"])
+    config, args = parse_args(
+        [
+            "--port",
+            "9",
+            "--served-model-name",
+            "a",
+            "b",
+            "--ttft",
+            "0.5",
+            "--reset-after",
+            "3",
+            "--max-running",
+            "4",
+        ]
+    )
     assert (config.model, config.aliases, config.max_running, args.port) == ("a", ("b",), 4, 9)
     assert config.knobs.ttft == 0.5 and config.knobs.reset_after == 3 and config.knobs.stall_after is None

@@ -21,8 +21,14 @@ def _reset_structlog() -> Iterator[None]:
 
 
 def record() -> RequestRecord:
-    return RequestRecord(request_id="req-1", route="/v1/chat/completions", model="chat", status=200,
-                         prompt_tokens=12, completion_tokens=3)
+    return RequestRecord(
+        request_id="req-1",
+        route="/v1/chat/completions",
+        model="chat",
+        status=200,
+        prompt_tokens=12,
+        completion_tokens=3,
+    )
 
 
 def test_json_lines_carry_the_summary() -> None:

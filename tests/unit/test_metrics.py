@@ -105,8 +105,11 @@ def test_gap_histogram_exposes_what_a_prometheus_histogram_would() -> None:
         mine.labels("chat").observe(gap)
 
     def samples(registry: CollectorRegistry) -> list[str]:
-        return sorted(line for line in generate_latest(registry).decode().splitlines()
-                      if line.startswith("gaps_") and "_created" not in line)
+        return sorted(
+            line
+            for line in generate_latest(registry).decode().splitlines()
+            if line.startswith("gaps_") and "_created" not in line
+        )
 
     assert samples(mine_registry) == samples(reference_registry)
     assert metric_total(metrics, "offload_inter_token_latency_seconds_count") is None  # nothing observed yet

@@ -71,8 +71,16 @@ async def test_event_stream_joins_events_split_across_reads() -> None:
 
 
 async def test_event_stream_keeps_order_across_whole_and_split_events() -> None:
-    reads = [b'data: {"a":1}\n\n', b'data: {"b"', b':2}\n\n', b"data: \n\n", b": ping\n\n",
-             b'data: {"c":3}\n\n', b'data: {"d":4}\n\ndata: {"e":5}\n\n', b"data: [DONE]\n\n"]
+    reads = [
+        b'data: {"a":1}\n\n',
+        b'data: {"b"',
+        b":2}\n\n",
+        b"data: \n\n",
+        b": ping\n\n",
+        b'data: {"c":3}\n\n',
+        b'data: {"d":4}\n\ndata: {"e":5}\n\n',
+        b"data: [DONE]\n\n",
+    ]
     stream, _ = event_stream(reads)
 
     assert await read_all(stream) == [b'{"a":1}', b'{"b":2}', b'{"c":3}', b'{"d":4}', b'{"e":5}']
@@ -277,8 +285,9 @@ async def test_cancelling_a_call_hangs_up_on_the_engine(
 ) -> None:
     """What a client leaving does to the engine call serving it (some HTTP clients finish the call anyway)."""
     call = asyncio.ensure_future(upstream.post_json(engine, "/v1/chat/completions", b'{"slow": true}'))
-    while not engine_log.peer_ports:
-        await asyncio.sleep(0.005)
+    async with asyncio.timeout(5):
+        while not engine_log.peer_ports:  # noqa: ASYNC110 - the stand-in records ports in a list, polled
+            await asyncio.sleep(0.005)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call

@@ -366,4 +366,6 @@ async def test_paths_clients_make_up_do_not_become_metric_labels(client: AsyncTe
 
     assert "made-up-path-1234" not in text and "made-up-model-5678" not in text
     assert (exposition_total(text, "offload_requests_total", endpoint="other", status="404") or 0) >= 1
-    assert (exposition_total(text, "offload_requests_total", endpoint="/v1/models/{model}", status="404") or 0) >= 1
+    assert (
+        exposition_total(text, "offload_requests_total", endpoint="/v1/models/{model}", status="404") or 0
+    ) >= 1

@@ -35,12 +35,22 @@ class Engine:
         self.received.append(body)
         model = body["model"]
         if not body.get("stream"):
-            return web.json_response({
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-            })  # fmt: skip
+            return web.json_response(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "Paris"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+                }
+            )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for event in (chunk("Par", model=model), chunk("is", model=model), chunk(finish="stop", model=model)):
@@ -53,11 +63,14 @@ class Engine:
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.received.append(body)
-        return web.json_response({
-            "object": "list", "model": body["model"],
-            "data": [{"object": "embedding", "index": 0, "embedding": "AACAPw=="}],
-            "usage": {"prompt_tokens": 1, "total_tokens": 1},
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body["model"],
+                "data": [{"object": "embedding", "index": 0, "embedding": "AACAPw=="}],
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        )
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +135,7 @@ models:
 
 def sse_payloads(text: str) -> list[str]:
     events = [e for e in text.split("\n\n") if e]
-    assert all(e.startswith("data: ") or e.startswith(":") for e in events), events
+    assert all(e.startswith(("data: ", ":")) for e in events), events
     return [e.removeprefix("data: ") for e in events if e.startswith("data: ")]
 
 

@@ -30,8 +30,10 @@ def scope(headers: list[tuple[bytes, bytes]] | None = None) -> Any:
 
 
 async def test_a_body_in_parts_is_joined() -> None:
-    receive = receiver({"type": "http.request", "body": b'{"a":', "more_body": True},
-                       {"type": "http.request", "body": b" 1}", "more_body": False})
+    receive = receiver(
+        {"type": "http.request", "body": b'{"a":', "more_body": True},
+        {"type": "http.request", "body": b" 1}", "more_body": False},
+    )
 
     assert await read_body(scope(), receive, 100) == b'{"a": 1}'
 

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import pytest
-
 import sys
 from pathlib import Path
+
+import pytest
 
 from engines.spec import EngineSpec
 from gateway.config import LocalEngine, Task

@@ -12,10 +12,14 @@ from gateway.routing.table import Replica
 
 
 def _replicas(n: int) -> list[Replica]:
-    return [Replica(id=f"r{i}", model="m", version="", base_url=f"http://e{i}", served_name="m") for i in range(n)]
+    return [
+        Replica(id=f"r{i}", model="m", version="", base_url=f"http://e{i}", served_name="m") for i in range(n)
+    ]
 
 
-def _health(replicas: list[Replica], in_flight: dict[str, int] | None = None, waiting: dict[str, float] | None = None) -> HealthRegistry:
+def _health(
+    replicas: list[Replica], in_flight: dict[str, int] | None = None, waiting: dict[str, float] | None = None
+) -> HealthRegistry:
     health = HealthRegistry()
     for r in replicas:
         health.mark(r.id, State.UP)
@@ -33,7 +37,9 @@ def _health(replicas: list[Replica], in_flight: dict[str, int] | None = None, wa
         ({"r0": 1, "r1": 0, "r2": 1}, {"r1": 5}, "r0"),  # the engine's own queue counts
     ],
 )
-def test_least_outstanding_picks_least_loaded(in_flight: dict[str, int], waiting: dict[str, float], expected: str) -> None:
+def test_least_outstanding_picks_least_loaded(
+    in_flight: dict[str, int], waiting: dict[str, float], expected: str
+) -> None:
     replicas = _replicas(3)
     assert LeastOutstanding(_health(replicas, in_flight, waiting)).choose(replicas).id == expected
 

@@ -18,7 +18,9 @@ from gateway.routing.versions import (
 )
 
 
-def _route(weights: dict[str, float], aliases: dict[str, str] | None = None, shadow: dict[str, float] | None = None) -> Route:
+def _route(
+    weights: dict[str, float], aliases: dict[str, str] | None = None, shadow: dict[str, float] | None = None
+) -> Route:
     versions = "\n".join(
         f"      {name}: {{weight: {w}, shadow: {(shadow or {}).get(name, 0)}, engines: [{{url: 'http://e{i}'}}]}}"
         for i, (name, w) in enumerate(weights.items())
@@ -34,7 +36,12 @@ def _route(weights: dict[str, float], aliases: dict[str, str] | None = None, sha
 
 @pytest.mark.parametrize(
     ("requested", "expected"),
-    [("chat", ("chat", None)), ("chat:v2", ("chat", "v2")), ("org/m:latest", ("org/m", "latest")), (":v1", (":v1", None))],
+    [
+        ("chat", ("chat", None)),
+        ("chat:v2", ("chat", "v2")),
+        ("org/m:latest", ("org/m", "latest")),
+        (":v1", (":v1", None)),
+    ],
 )
 def test_split_model(requested: str, expected: tuple[str, str | None]) -> None:
     assert split_model(requested) == expected

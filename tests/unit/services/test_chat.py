@@ -130,8 +130,6 @@ async def test_complete_does_not_pass_an_engine_abort_as_an_answer(
     assert info.value.status >= 500
 
 
-
-
 @pytest.mark.parametrize("finish", ["abort", "error"])
 async def test_complete_reports_an_engine_abort_as_an_engine_error(
     dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord, finish: str

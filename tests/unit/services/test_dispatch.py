@@ -363,7 +363,7 @@ async def test_failover_tries_another_replica_when_one_is_unreachable(
 async def test_failover_does_not_retry_what_another_replica_would_not_fix(
     pool: Dispatcher, record: RequestRecord, error: GatewayError
 ) -> None:
-    outcomes: dict[str, BaseException | str] = {url: error for url in POOL}
+    outcomes: dict[str, BaseException | str] = dict.fromkeys(POOL, error)
 
     with pytest.raises(type(error)):
         await failover(pool, record, outcomes)
