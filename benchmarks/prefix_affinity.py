@@ -30,6 +30,7 @@ from benchmarks.client import RequestRecord, chat_body, json_headers, send
 from benchmarks.stats import distribution
 from engines.supervisor import Supervisor
 from gateway.config import EngineConfig, LocalEngine, ModelConfig, OffloadConfig
+from gateway.local_engines import engine_specs
 from gateway.settings import Settings
 from tests.integration.servers import GatewayProcess, engine_gauge, free_port
 
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(2)
         )
     )
-    supervisor = Supervisor(config, Settings().models_dir, work / "logs")
+    models_dir = Settings().models_dir
+    supervisor = Supervisor(engine_specs(config, models_dir), models_dir, work / "logs")
     gateways: dict[str, GatewayProcess] = {}
     try:
         supervisor.prepare_models()

@@ -25,6 +25,7 @@ from benchmarks import readme
 from benchmarks.load import Dist, LoadConfig, run_load
 from engines.supervisor import Supervisor
 from gateway.config import EngineConfig, LocalEngine, ModelConfig, OffloadConfig
+from gateway.local_engines import engine_specs
 from gateway.settings import Settings
 from tests.integration.servers import GatewayProcess, free_port
 
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
     )
-    supervisor = Supervisor(config, Settings().models_dir, work / "logs")
+    models_dir = Settings().models_dir
+    supervisor = Supervisor(engine_specs(config, models_dir), models_dir, work / "logs")
     gateway = None
     rows: dict[int, dict[str, list[dict[str, Any]]]] = {}
     try:

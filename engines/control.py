@@ -53,7 +53,7 @@ class LocalEngineControl:
                     "served_name": spec.served_name,
                     "model": str(spec.model_dir),
                     "pid": m.process.pid,
-                    "port": spec.engine.port,
+                    "port": spec.launch.port,
                     "uptime_s": round(now - m.ready_since, 1) if m.ready_since is not None else None,
                     "restarts": m.restarts,
                     "in_flight": m.in_flight,

@@ -76,9 +76,12 @@ def prepare_smollm2(target: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(src_dir), gguf_file=SMOLLM2_GGUF)
     config = AutoConfig.from_pretrained(str(src_dir), gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]  # unannotated upstream
     # from_pretrained(gguf_file=...) keeps weights packed and refuses to save; load them dequantised.
-    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+    loaded = load_gguf_checkpoint(  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
+        str(gguf), return_tensors=True, model_to_load=model
+    )
+    tensors = loaded["tensors"]
     missing, _unexpected = model.load_state_dict(tensors, strict=False)
     if set(missing) - {"lm_head.weight"}:  # lm_head is tied to the embeddings
         raise ModelPreparationError(f"GGUF conversion left weights unset: {sorted(missing)[:5]}")

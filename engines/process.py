@@ -29,9 +29,11 @@ class EngineStartError(RuntimeError):
     """An engine failed to start or become healthy; the message says why and where its log is."""
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
     with contextlib.suppress(OSError):  # not Linux: the supervisor's own shutdown still stops the group
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the signal was armed: it will never come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class EngineProcess:
@@ -42,7 +44,7 @@ class EngineProcess:
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
-        e = spec.engine
+        e = spec.launch
         self.limits: Limits = limits_for(spec.name, e.cpus, e.memory_limit_gib)
 
     @property
@@ -57,9 +59,10 @@ class EngineProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.limits.prepare()
         limits = self.limits
+        parent = os.getpid()
 
         def in_child() -> None:
-            _die_with_parent()
+            _die_with_parent(parent)
             limits.apply_in_child()
 
         with self.log_path.open("ab") as log:
@@ -113,9 +116,9 @@ class EngineProcess:
         if self.is_healthy():
             return True
         assert self.started_at is not None
-        if time.monotonic() - self.started_at > self.spec.engine.startup_timeout:
+        if time.monotonic() - self.started_at > self.spec.launch.startup_timeout:
             raise EngineStartError(
-                f"engine {self.spec.name} not healthy after {self.spec.engine.startup_timeout:.0f} s; "
+                f"engine {self.spec.name} not healthy after {self.spec.launch.startup_timeout:.0f} s; "
                 f"log {self.log_path}"
             )
         return False

@@ -1,4 +1,7 @@
-"""Owns the local engines of a configuration: prepares their models, starts them, keeps them alive.
+"""Owns a set of local engines: prepares their models, starts them, keeps them alive.
+
+The engines come as :class:`~engines.spec.EngineSpec` (``gateway.local_engines.engine_specs`` turns
+a configuration into them); this package never reads the gateway's configuration.
 
 * Crashed engines are restarted with exponential back-off (1 s doubling to 60 s; reset once an
   engine has stayed up for a minute), whatever killed them: a bug, ``kill -9``, or the OOM killer
@@ -28,7 +31,6 @@ from engines.hostinfo import describe_exit, is_engine_group, port_free
 from engines.models import PREPARERS
 from engines.process import EngineProcess, EngineStartError
 from engines.spec import EngineSpec
-from gateway.config import OffloadConfig
 
 __all__ = ["EngineStartError", "ManagedEngine", "Supervisor"]
 
@@ -59,39 +61,31 @@ class ManagedEngine:
 
     @property
     def on_demand(self) -> bool:
-        return self.process.spec.engine.on_demand
+        return self.process.spec.launch.on_demand
 
 
 class Supervisor:
-    """The local engines of one configuration (engines given by URL are not ours to run)."""
+    """The local engines Offload runs (engines given by URL or DNS are not ours to run).
+
+    ``models_dir`` holds the prepared packaged models (:data:`engines.models.PREPARERS`); each
+    engine logs to ``logs_dir/<name>.log``.
+    """
 
     def __init__(
-        self, config: OffloadConfig, models_dir: Path, logs_dir: Path, out: TextIO = sys.stdout
+        self, specs: list[EngineSpec], models_dir: Path, logs_dir: Path, out: TextIO = sys.stdout
     ) -> None:
         self._models_dir = models_dir
         self._out = out
-        self._packaged: list[str] = []
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.managed: dict[str, ManagedEngine] = {}
         self._state_file: Path | None = None
-        for model in config.models:
-            locals_ = model.local_engines()
-            for version, index, local in locals_:
-                if local.model in PREPARERS:
-                    self._packaged.append(local.model)
-                    model_dir = models_dir / local.model
-                else:
-                    model_dir = Path(local.model).expanduser()
-                # Engine names: smollm2, chat:v1, chat:v1#1 (second replica of v1).
-                name = f"{model.name}:{version}" if version else model.name
-                if index or sum(1 for v, _, _ in locals_ if v == version) > 1:
-                    name += f"#{index}"
-                served = next(e for e in model.version_configs()[version].engines if e.local is local)
-                spec = EngineSpec(name, model.task, model_dir, model.served_name(served), local)
-                log = logs_dir / f"{name.replace(':', '-').replace('#', '-')}.log"
-                self.managed[name] = ManagedEngine(EngineProcess(spec, log))
+        for spec in specs:
+            if spec.name in self.managed:
+                raise ValueError(f"two engines are named {spec.name!r}")
+            log = logs_dir / f"{spec.name.replace(':', '-').replace('#', '-')}.log"
+            self.managed[spec.name] = ManagedEngine(EngineProcess(spec, log))
 
     @property
     def engines(self) -> list[EngineProcess]:
@@ -104,11 +98,11 @@ class Supervisor:
     def prepare_models(self) -> None:
         """Prepare the packaged models the engines need (in a subprocess: it imports torch)."""
         for engine in self.engines:
-            if engine.spec.engine.model not in PREPARERS and not engine.spec.model_dir.is_dir():
+            if engine.spec.launch.model not in PREPARERS and not engine.spec.model_dir.is_dir():
                 raise EngineStartError(
                     f"model directory {engine.spec.model_dir} for {engine.spec.name} does not exist"
                 )
-        names = sorted(set(self._packaged))
+        names = sorted({e.spec.launch.model for e in self.engines if e.spec.launch.model in PREPARERS})
         if not names:
             return
         cmd = [
@@ -148,7 +142,7 @@ class Supervisor:
     def start_all(self) -> None:
         """Start every engine that is not on-demand (they load in parallel)."""
         for m in self.managed.values():
-            e = m.process.spec.engine
+            e = m.process.spec.launch
             if not port_free(e.host, e.port):
                 raise EngineStartError(
                     f"port {e.port} for engine {m.name} is already in use (another Offload still running?)"
@@ -239,9 +233,9 @@ class Supervisor:
                 m.state == "ready"
                 and m.on_demand
                 and m.in_flight == 0
-                and now - m.last_activity > m.process.spec.engine.idle_timeout
+                and now - m.last_activity > m.process.spec.launch.idle_timeout
             ):
-                self._say(f"engine {m.name}: idle for {m.process.spec.engine.idle_timeout:.0f} s, stopping")
+                self._say(f"engine {m.name}: idle for {m.process.spec.launch.idle_timeout:.0f} s, stopping")
                 self._stop_engine(m)
 
     def _crashed(self, m: ManagedEngine, code: int, now: float) -> None:
@@ -295,8 +289,9 @@ class Supervisor:
         self._stop_engine(self.managed[name])
         self.start(name)
 
-    def stop_all(self) -> None:
-        """Stop watching, then stop every engine and everything it started."""
+    def stop_all(self, grace: float = 15.0) -> None:
+        """Stop watching, then stop every engine and everything it started (SIGKILL for what is
+        left of an engine's process group ``grace`` seconds after its SIGTERM)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -306,8 +301,9 @@ class Supervisor:
             self._say(f"engine {m.name}: stopping")
             m.wanted = False
             m.process.terminate()  # all at once, so their shutdowns overlap
+        deadline = time.monotonic() + grace
         for m in running:
-            m.process.stop()
+            m.process.stop(grace=max(0.0, deadline - time.monotonic()))
             m.state = "stopped"
             if m.process.limits.cgroup is not None:
                 m.process.limits.cgroup.remove()

@@ -14,7 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Task = Literal["chat", "embeddings"]
+from engines.spec import EngineLaunch
+from engines.spec import Task as Task  # re-exported: routing and services name tasks too
 
 
 class _Strict(BaseModel):
@@ -49,6 +50,28 @@ class LocalEngine(_Strict):
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout: float = Field(default=600.0, gt=0)
+
+    def launch(self) -> EngineLaunch:
+        """The engines package's launch settings for this engine (it never sees this model)."""
+        return EngineLaunch(
+            model=self.model,
+            port=self.port,
+            host=self.host,
+            dtype=self.dtype,
+            enforce_eager=self.enforce_eager,
+            kv_cache_gib=self.kv_cache_gib,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs,
+            tensor_parallel_size=self.tensor_parallel_size,
+            cpus=self.cpus,
+            memory_limit_gib=self.memory_limit_gib,
+            on_demand=self.on_demand,
+            idle_timeout=self.idle_timeout,
+            extra_args=self.extra_args,
+            env=dict(self.env),
+            startup_timeout=self.startup_timeout,
+        )
 
 
 class EngineConfig(_Strict):
@@ -196,7 +219,7 @@ def default_config() -> OffloadConfig:
             ModelConfig(
                 name="smollm2",
                 task="chat",
-                # float32: in bfloat16 SmolLM2 answers garbage on these CPUs (ENGINE-NOTES).
+                # float32: bfloat16 SmolLM2 answers garbage on these x86 CPUs (float32 answers correctly).
                 engine=EngineConfig(
                     local=LocalEngine(model="smollm2", port=8101, dtype="float32", max_model_len=4096)
                 ),

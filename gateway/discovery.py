@@ -16,8 +16,8 @@ import structlog
 
 from gateway.config import OffloadConfig
 from gateway.monitor import HealthMonitor
+from gateway.routing.router import Router
 from gateway.routing.table import RouteTable
-from gateway.services.dispatch import Dispatcher
 
 _log = structlog.get_logger("offload.discovery")
 
@@ -42,10 +42,10 @@ async def resolve(name: str) -> list[str]:
 class TableSource:
     """Holds the running configuration and DNS answers; rebuilds and swaps the route table."""
 
-    def __init__(self, config: OffloadConfig, dispatcher: Dispatcher, monitor: HealthMonitor) -> None:
+    def __init__(self, config: OffloadConfig, router: Router, monitor: HealthMonitor) -> None:
         self.config = config
         self.resolved: dict[str, list[str]] = {}
-        self._dispatcher = dispatcher
+        self._router = router
         self._monitor = monitor
         self._lock = asyncio.Lock()
 
@@ -61,13 +61,13 @@ class TableSource:
             config = config or self.config
             resolved = await self._resolve_all(config)
             table = RouteTable.from_config(config, resolved)
-            known = {(r.id, r.base_url) for r in self._dispatcher.table.replicas()}
+            known = {(r.id, r.base_url) for r in self._router.table.replicas()}
             new = tuple(r for r in table.replicas() if (r.id, r.base_url) not in known)
             if new:
                 # A replica id that now points elsewhere starts over: probe before it takes traffic.
-                self._dispatcher.health.forget_ids({r.id for r in new})
+                self._router.breakers.forget_ids({r.id for r in new})
                 await self._monitor.probe_all(new)
-            self._dispatcher.replace_table(table)
+            self._router.replace_table(table)
             if resolved != self.resolved:
                 _log.info("replicas discovered", counts={n: len(a) for n, a in resolved.items()})
             self.config, self.resolved = config, resolved

@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 
-from gateway.services.accounting import RequestRecord
+from gateway.record import RequestRecord
 from gateway.settings import LogSettings
 
 
@@ -22,11 +22,15 @@ def configure_logging(settings: LogSettings, stream: BinaryIO | None = None) -> 
     """
     level = getattr(logging, settings.level.upper())
     common: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,  # the request id, bound by the front door
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if settings.format == "json":
-        processors = [*common, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        processors: list[structlog.typing.Processor] = [
+            *common,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ]
         factory: Any = structlog.BytesLoggerFactory(file=stream or sys.stderr.buffer)
     else:
         processors = [*common, structlog.dev.ConsoleRenderer(colors=stream is None and sys.stderr.isatty())]

@@ -8,31 +8,37 @@ import gc
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import uvicorn
-from litestar import Litestar
 
 from gateway.config import ConfigError, OffloadConfig, load_config
 from gateway.logging import configure_logging
 from gateway.settings import Settings
 
+if TYPE_CHECKING:
+    from engines.supervisor import Supervisor
+    from gateway.api.front import FrontDoor
+    from gateway.services.engine_control import EngineControl
 
-def app_from_env() -> Litestar:
+
+def app_from_env() -> FrontDoor:
     """Factory for ``uvicorn --factory gateway.main:app_from_env`` (settings from the environment)."""
     settings = Settings()
     configure_logging(settings.log)
     return create_app_checked(settings, load_config(settings.config))
 
 
-def create_app_checked(settings: Settings, config: OffloadConfig, engines: Any = None) -> Litestar:
+def create_app_checked(
+    settings: Settings, config: OffloadConfig, engines: EngineControl | None = None
+) -> FrontDoor:
     """The app, imported late so ``offload prepare`` stays light."""
     from gateway.app import create_app
 
     return create_app(settings, config, engines)
 
 
-def serve(settings: Settings, config: OffloadConfig, engines: Any = None) -> None:
+def serve(settings: Settings, config: OffloadConfig, engines: EngineControl | None = None) -> None:
     """Serve the gateway until SIGINT/SIGTERM (uvloop + httptools, one worker)."""
     app = create_app_checked(settings, config, engines)
     # Everything built so far lives as long as the process: keep it out of the garbage collector's
@@ -59,8 +65,10 @@ def run(settings: Settings, config: OffloadConfig) -> int:
     """Prepare models, start the configured local engines, serve, then stop the engines."""
     from engines.control import LocalEngineControl
     from engines.supervisor import EngineStartError, Supervisor
+    from gateway.local_engines import engine_specs
 
-    supervisor = Supervisor(config, settings.models_dir, settings.logs_dir)
+    specs = engine_specs(config, settings.models_dir)
+    supervisor = Supervisor(specs, settings.models_dir, settings.logs_dir)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler
     # that was there before it: make that an orderly exit, so the engines are stopped below.
     signal.signal(signal.SIGTERM, _stop_requested)
@@ -93,7 +101,7 @@ def run(settings: Settings, config: OffloadConfig) -> int:
     return 0
 
 
-def _shutdown(supervisor: Any) -> None:
+def _shutdown(supervisor: Supervisor) -> None:
     # A second Ctrl-C must not cut the engines' shutdown short (they would linger as orphans).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -189,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "prepare":
         from engines.supervisor import EngineStartError, Supervisor
+        from gateway.local_engines import engine_specs
 
         try:
-            Supervisor(config, settings.models_dir, settings.logs_dir).prepare_models()
+            specs = engine_specs(config, settings.models_dir)
+            Supervisor(specs, settings.models_dir, settings.logs_dir).prepare_models()
         except EngineStartError as exc:
             print(f"offload: {exc}", file=sys.stderr)
             return 1

@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from gateway.services.accounting import RequestRecord
+from gateway.record import RequestRecord
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -10,7 +10,9 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import Metrics
-from gateway.routing.health import HealthRegistry
+from gateway.protocol import paths
+from gateway.routing.breaker import Breakers
+from gateway.routing.load import Loads
 from gateway.routing.table import Replica, RouteTable
 from gateway.settings import HealthSettings
 from gateway.upstream import ProbeResult, Upstream
@@ -40,13 +42,15 @@ class HealthMonitor:
     def __init__(
         self,
         table: Callable[[], RouteTable],
-        registry: HealthRegistry,
+        breakers: Breakers,
+        loads: Loads,
         upstream: Upstream,
         metrics: Metrics,
         settings: HealthSettings,
     ) -> None:
         self._table = table
-        self._registry = registry
+        self._breakers = breakers
+        self._loads = loads
         self._upstream = upstream
         self._metrics = metrics
         self._settings = settings
@@ -62,13 +66,13 @@ class HealthMonitor:
         for replica, result in zip(replicas, results, strict=True):
             if result is ProbeResult.OK:
                 self._failures[replica.id] = 0
-                changed = self._registry.probe_ok(replica.id)
+                changed = self._breakers.probe_ok(replica.id)
             else:
                 # A busy engine can answer /health late: only a refused connection or repeated
                 # failures take it out of rotation.
                 self._failures[replica.id] = failures = self._failures.get(replica.id, 0) + 1
-                changed = self._registry.probe_failed(replica.id, result is ProbeResult.REFUSED, failures)
-            state = self._registry.state(replica.id)
+                changed = self._breakers.probe_failed(replica.id, result is ProbeResult.REFUSED, failures)
+            state = self._breakers.state(replica.id)
             if changed:
                 _log.info(
                     "replica state",
@@ -78,14 +82,17 @@ class HealthMonitor:
                     state=state.value,
                 )
             labels = (replica.model, replica.version or "-", replica.id)
-            self._metrics.replica_up.labels(*labels).set(1 if self._registry.is_up(replica.id) else 0)
-            self._metrics.replica_in_flight.labels(*labels).set(self._registry.in_flight(replica.id))
+            self._metrics.replica_up.labels(*labels).set(1 if self._breakers.is_up(replica.id) else 0)
+            self._metrics.replica_in_flight.labels(*labels).set(self._loads.in_flight(replica.id))
 
     async def scrape_all(self) -> None:
         """Read each serving replica's load gauges from its /metrics."""
-        replicas = [r for r in self._table().replicas() if self._registry.is_up(r.id)]
+        replicas = [r for r in self._table().replicas() if self._breakers.is_up(r.id)]
         pages = await asyncio.gather(
-            *(self._upstream.get_text(r.base_url, "/metrics", self._settings.probe_timeout) for r in replicas)
+            *(
+                self._upstream.get_text(r.base_url, paths.METRICS, self._settings.probe_timeout)
+                for r in replicas
+            )
         )
         for replica, page in zip(replicas, pages, strict=True):
             if page is None:
@@ -94,7 +101,7 @@ class HealthMonitor:
                 load = parse_engine_load(page)
             except ValueError:
                 continue  # not Prometheus text: keep the last figures
-            self._registry.engine_load(replica.id, load["waiting"], load["running"], load["kv"])
+            self._loads.engine_load(replica.id, load["waiting"], load["running"], load["kv"])
 
     async def run(self) -> None:
         """Probe (and scrape) forever; cancel to stop."""

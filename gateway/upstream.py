@@ -2,7 +2,7 @@
 
 Closing the upstream connection is how vLLM learns that a client went away (it aborts the request
 and frees its KV cache blocks), so every exit path of a call closes or releases its response at once.
-Transport failures become :class:`~gateway.services.errors.GatewayError` subclasses here, so callers
+Transport failures become :class:`~gateway.errors.GatewayError` subclasses here, so callers
 never see aiohttp exceptions.
 """
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import aiohttp
 import yarl
 
-from gateway.services.errors import EngineError, EngineTimeoutError, EngineUnavailableError
+from gateway.errors import EngineConnectError, EngineError, EngineTimeoutError
+from gateway.protocol import paths
 from gateway.settings import UpstreamSettings
 from gateway.silence import SilenceWatch, Silent
 
@@ -34,10 +35,6 @@ class ProbeResult(enum.Enum):
     OK = "ok"
     REFUSED = "refused"  # nothing listens: the engine is certainly down
     FAILED = "failed"  # slow or unhealthy answer: perhaps only busy
-
-
-class EngineConnectError(EngineUnavailableError):
-    """The engine could not be reached at all: safe to retry elsewhere, worth marking the replica down."""
 
 
 @dataclass(slots=True)
@@ -234,7 +231,7 @@ class Upstream:
         """``GET /health``: OK on 200; REFUSED when nothing listens; FAILED otherwise (slow, 5xx)."""
         try:
             async with asyncio.timeout(timeout):
-                async with self.session.get(base_url + "/health") as response:
+                async with self.session.get(base_url + paths.HEALTH) as response:
                     return ProbeResult.OK if response.status == 200 else ProbeResult.FAILED
         except aiohttp.ClientConnectorError:
             return ProbeResult.REFUSED

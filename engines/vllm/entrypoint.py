@@ -260,7 +260,6 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     except OSError as exc:
         print(f"offload-engine: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
         return 127  # the shell's "command not found"
-    return 0  # pragma: no cover
 
 
 if __name__ == "__main__":

@@ -1,31 +1,37 @@
 """Plain-ASGI plumbing for the hot routes (``/v1/chat/completions``, ``/v1/embeddings``).
 
-Those two routes are plain ASGI handlers (registered as Litestar ``asgi`` routes; POST is served by
-:mod:`gateway.api.hot` before Litestar's router): no signature model, dependency injection, task group
-or response object per request. Measured on 2 cores that machinery was about a third of the gateway's
-CPU per request (``benchmarks/README.md``); what replaces it is this module: read the body, send a JSON
-answer (streams: :func:`gateway.api.sse.send_events`).
+Those two routes are plain ASGI handlers served by :class:`gateway.api.front.FrontDoor` before
+Litestar: no signature model, dependency injection, task group or response object per request.
+Measured on 2 cores that machinery was about a third of the gateway's CPU per request
+(``benchmarks/README.md``); what replaces it is this module: read the body, send a JSON answer
+(streams: :func:`gateway.api.sse.send_events`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from typing import Any
 
-from gateway.api.disconnect import ClientDisconnected
-from gateway.services.errors import MethodNotAllowedError, RequestTooLargeError
+from gateway.errors import ClientDisconnected, RequestTooLargeError
+from gateway.record import RequestRecord
 
-if TYPE_CHECKING:
-    from litestar.types import Receive, Scope, Send
+# The ASGI types of the hot path: plain mappings (the hot path never goes through Litestar).
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON = [(b"content-type", b"application/json")]
+RECORD_KEY = "offload_record"
+"""Where a ``/v1/`` request's :class:`RequestRecord` sits in the ASGI scope (Litestar's routes read it)."""
 _TOO_LARGE = "The request body is too large."
 
 
-def require_post(scope: Scope) -> None:
-    """Routes of this kind answer POST only (Litestar's router does not check methods for ASGI handlers)."""
-    if scope["method"] != "POST":
-        raise MethodNotAllowedError(f"Method {scope['method']} is not allowed for {scope['path']}.")
+def record_of(scope: Mapping[str, object]) -> RequestRecord | None:
+    """The record :class:`~gateway.api.front.FrontDoor` attached to a ``/v1/`` request, if any."""
+    record = scope.get(RECORD_KEY)
+    return record if isinstance(record, RequestRecord) else None
 
 
 class ScopeHeaders(Mapping[str, str]):
@@ -37,7 +43,7 @@ class ScopeHeaders(Mapping[str, str]):
     def __init__(self, scope: Scope) -> None:
         self._raw: list[tuple[bytes, bytes]] = scope["headers"]
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         key = name.lower().encode("latin-1")
         for raw_name, value in self._raw:
             if raw_name == key:
@@ -48,7 +54,7 @@ class ScopeHeaders(Mapping[str, str]):
         value = self.get(name)
         if value is None:
             raise KeyError(name)
-        return value  # type: ignore[no-any-return]
+        return str(value)
 
     def __iter__(self) -> Iterator[str]:
         return iter(dict.fromkeys(name.decode("latin-1") for name, _ in self._raw))
@@ -66,7 +72,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
                 raise RequestTooLargeError(_TOO_LARGE)
             break
     message = await receive()
-    body = message.get("body", b"")
+    body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         return body  # the usual case: one message
     parts = [body]
@@ -75,7 +81,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected("The client disconnected.")
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise RequestTooLargeError(_TOO_LARGE)
@@ -87,7 +93,7 @@ async def send_json(
     send: Send, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> None:
     """An ``application/json`` answer in two ASGI messages; ``headers``: extra ones (``Retry-After``)."""
-    raw = [*JSON, (b"content-length", str(len(body)).encode())]
+    raw: list[tuple[bytes, bytes]] = [*JSON, (b"content-length", str(len(body)).encode())]
     if headers:
         raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})

@@ -9,22 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-from gateway.services.errors import GatewayError
-
-if TYPE_CHECKING:
-    from litestar.types import Receive
+from gateway.api.asgi import Receive
+from gateway.errors import ClientDisconnected
 
 T = TypeVar("T")
-
-
-class ClientDisconnected(GatewayError):
-    """The client left before the answer was ready (logged as 499; nobody receives the body)."""
-
-    status = 499
-    type = "client_disconnected"
-    code = "client_disconnected"
 
 
 async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 from litestar import Controller, Response, get, post
 
-from gateway.services.dispatch import Dispatcher
+from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.protocol import paths
 from gateway.services.engine_control import EngineControl
-from gateway.services.errors import InvalidRequestError, NotFoundError
 
 
 def _need(control: EngineControl | None) -> EngineControl:
@@ -25,17 +25,17 @@ def _need(control: EngineControl | None) -> EngineControl:
 class EnginesController(Controller):
     """List engines, start/stop/restart one, read its log."""
 
-    path = "/admin/engines"
+    path = paths.ADMIN_ENGINES
 
     @get()
-    async def list_engines(self, dispatcher: Dispatcher) -> Response[bytes]:
+    async def list_engines(self, engines: EngineControl | None) -> Response[bytes]:
         """Every engine with state, pid, uptime, restarts, in-flight requests."""
-        return _json({"object": "list", "data": _need(dispatcher.engines).describe()})
+        return _json({"object": "list", "data": _need(engines).describe()})
 
     @post("/{name:str}/{action:str}", status_code=200)
-    async def act(self, name: str, action: str, dispatcher: Dispatcher) -> Response[bytes]:
+    async def act(self, name: str, action: str, engines: EngineControl | None) -> Response[bytes]:
         """``start``, ``stop`` or ``restart`` the engine ``name``."""
-        control = _need(dispatcher.engines)
+        control = _need(engines)
         if action not in ("start", "stop", "restart"):
             raise InvalidRequestError(
                 f"Unknown action '{action}': use start, stop or restart.", param="action"
@@ -47,10 +47,10 @@ class EnginesController(Controller):
         return _json({"name": name, "action": action, "ok": True})
 
     @get("/{name:str}/logs")
-    async def logs(self, name: str, dispatcher: Dispatcher, lines: int = 50) -> Response[bytes]:
+    async def logs(self, name: str, engines: EngineControl | None, lines: int = 50) -> Response[bytes]:
         """The last ``lines`` lines of the engine's log."""
         try:
-            tail = _need(dispatcher.engines).log_tail(name, max(1, min(lines, 1000)))
+            tail = _need(engines).log_tail(name, max(1, min(lines, 1000)))
         except KeyError:
             raise NotFoundError(f"No engine named '{name}'.") from None
         return _json({"name": name, "lines": tail})

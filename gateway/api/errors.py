@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -13,8 +15,8 @@ from litestar.exceptions import (
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import ExceptionHandlersMap
 
-from gateway.api.middleware import record_of
-from gateway.services.errors import (
+from gateway.api.asgi import record_of
+from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     MethodNotAllowedError,
@@ -37,20 +39,20 @@ def unexpected(path: str, exc: BaseException) -> GatewayError:
     return GatewayError("The server had an error while processing your request.")
 
 
-def _respond(request: Request, error: GatewayError) -> Response[bytes]:
-    record = record_of(request)
+def _respond(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
+    record = record_of(request.scope)
     if record is not None:
         record.error_type = error.code
     body, headers = error_body(error)
     return Response(body, status_code=error.status, media_type="application/json", headers=headers)
 
 
-def _gateway_error(request: Request, exc: Exception) -> Response[bytes]:
+def _gateway_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, GatewayError)
     return _respond(request, exc)
 
 
-def _http_exception(request: Request, exc: Exception) -> Response[bytes]:
+def _http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Litestar's own errors (routing, body size, validation) in OpenAI form."""
     assert isinstance(exc, HTTPException)
     error: GatewayError
@@ -71,7 +73,7 @@ def _http_exception(request: Request, exc: Exception) -> Response[bytes]:
     return _respond(request, error)
 
 
-def _unexpected(request: Request, exc: Exception) -> Response[bytes]:
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     return _respond(request, unexpected(request.url.path, exc))
 
 

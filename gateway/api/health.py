@@ -8,20 +8,25 @@ from litestar.params import Parameter
 
 from gateway import metrics as metrics_module
 from gateway.metrics import Metrics
-from gateway.services.dispatch import Dispatcher
+from gateway.protocol import paths
+from gateway.routing.router import Router
+from gateway.services.engine_control import EngineControl
 
 
 class OpsController(Controller):
     """Liveness, readiness and metrics (not part of the OpenAI API; no access log)."""
 
-    @get("/health")
+    @get(paths.HEALTH)
     async def health(self) -> Response[bytes]:
         """200 while the process serves requests."""
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    @get("/ready")
+    @get(paths.READY)
     async def ready(
-        self, dispatcher: Dispatcher, require_all: bool = Parameter(query="all", default=False)
+        self,
+        router: Router,
+        engines: EngineControl | None,
+        require_all: bool = Parameter(query="all", default=False),
     ) -> Response[bytes]:
         """200 while at least one configured model can be served (``degraded`` when some cannot), 503
         when none can; ``?all=true``: 200 only when every model can. The body names each model's state.
@@ -30,22 +35,20 @@ class OpsController(Controller):
         other models would go with it, and that model's clients would lose the gateway's 503 with
         Retry-After for a connection error. ``?all=true`` is for start-up scripts and tests.
         """
-        health, engines = dispatcher.health, dispatcher.engines
+        breakers = router.breakers
 
         def routable(base_url: str, replica_id: str) -> bool:
             # an on-demand engine that is stopped is routable: the request starts it
-            return health.is_up(replica_id) or (engines is not None and engines.can_start(base_url))
+            return breakers.is_up(replica_id) or (engines is not None and engines.can_start(base_url))
 
-        models = {
-            r.model: any(routable(x.base_url, x.id) for x in r.replicas) for r in dispatcher.table.routes
-        }
+        models = {r.model: any(routable(x.base_url, x.id) for x in r.replicas) for r in router.table.routes}
         every, some = all(models.values()), any(models.values())
         status = "ready" if every else "degraded" if some else "not_ready"
         ok = every if require_all else some
         body = {"status": status, "models": models}
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
-    @get("/metrics")
+    @get(paths.METRICS)
     async def metrics(self, metrics: Metrics) -> Response[bytes]:
         """Prometheus text exposition."""
         return Response(metrics.render(), media_type=metrics_module.CONTENT_TYPE)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from litestar import Controller, Response, get
 
+from gateway.errors import ModelNotFoundError
+from gateway.protocol import paths
 from gateway.protocol.models import ModelCard, ModelList
+from gateway.routing.router import Router
 from gateway.routing.table import Route
-from gateway.services.dispatch import Dispatcher
-from gateway.services.errors import ModelNotFoundError
 
 
 def _cards(route: Route, created: int) -> list[ModelCard]:
@@ -32,21 +33,21 @@ def _cards(route: Route, created: int) -> list[ModelCard]:
 class ModelsController(Controller):
     """What this gateway serves."""
 
-    path = "/v1/models"
+    path = paths.MODELS
 
     @get()
-    async def list_models(self, dispatcher: Dispatcher, started_at: int) -> Response[bytes]:
+    async def list_models(self, router: Router, started_at: int) -> Response[bytes]:
         """OpenAI list of models, with versions and aliases as their own entries."""
-        cards = [card for route in dispatcher.table.routes for card in _cards(route, started_at)]
+        cards = [card for route in router.table.routes for card in _cards(route, started_at)]
         return Response(
             ModelList(data=cards).model_dump_json(exclude_none=True).encode(), media_type="application/json"
         )
 
     @get("/{model:path}")
-    async def get_model(self, model: str, dispatcher: Dispatcher, started_at: int) -> Response[bytes]:
+    async def get_model(self, model: str, router: Router, started_at: int) -> Response[bytes]:
         """One model, version or alias (names may contain ``/``); 404 ``model_not_found`` otherwise."""
         model = model.lstrip("/")
-        for route in dispatcher.table.routes:
+        for route in router.table.routes:
             for card in _cards(route, started_at):
                 if card.id == model:
                     return Response(

@@ -6,16 +6,11 @@ comments; proxies see traffic), and ``data: [DONE]`` at the end, as OpenAI clien
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterable
 
-from gateway.api.disconnect import ClientDisconnected, unless_disconnected
-from gateway.upstream import KEEPALIVE
-
-if TYPE_CHECKING:
-    from litestar.types import Receive, Send
+from gateway.api.asgi import Receive, Send
+from gateway.api.disconnect import unless_disconnected
+from gateway.errors import ClientDisconnected
 
 RESPONSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -54,34 +49,3 @@ async def send_events(send: Send, receive: Receive, payloads: AsyncIterable[byte
     except ClientDisconnected:
         return False
     return True
-
-
-async def pinging(payloads: AsyncIterable[bytes], keepalive: float) -> AsyncIterator[bytes]:
-    """``payloads`` as they come, and :data:`~gateway.upstream.KEEPALIVE` (sent as a ping by
-    :func:`send_events`) every ``keepalive`` seconds of silence.
-
-    For sources that can be silent without saying so (a stream still waiting for its engine to
-    load): the next payload is awaited in a task that survives a keep-alive timeout, so a ping
-    never interrupts the wait.
-    """
-    source = aiter(payloads)
-    pending: asyncio.Future[bytes] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(source))
-            done, _ = await asyncio.wait((pending,), timeout=keepalive)
-            if not done:
-                yield KEEPALIVE
-                continue
-            task, pending = pending, None
-            try:
-                payload = task.result()
-            except StopAsyncIteration:
-                return
-            yield payload
-    finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending

@@ -12,7 +12,7 @@ import math
 from typing import Protocol
 
 from gateway.config import PolicyName
-from gateway.routing.health import HealthRegistry
+from gateway.routing.load import Loads
 from gateway.routing.table import Replica
 
 
@@ -25,17 +25,17 @@ class ReplicaPolicy(Protocol):
 class LeastOutstanding:
     """The replica with the least load (our in-flight requests plus the engine's queue)."""
 
-    def __init__(self, health: HealthRegistry) -> None:
-        self._health = health
+    def __init__(self, loads: Loads) -> None:
+        self._loads = loads
 
     def choose(self, candidates: list[Replica], key: str | None = None) -> Replica:
-        return min(candidates, key=lambda r: self._health.load(r.id))
+        return min(candidates, key=lambda r: self._loads.load(r.id))
 
 
 class RoundRobin:
     """Each replica in turn."""
 
-    def __init__(self, health: HealthRegistry) -> None:
+    def __init__(self, loads: Loads) -> None:
         self._counter = itertools.count()
 
     def choose(self, candidates: list[Replica], key: str | None = None) -> Replica:
@@ -48,14 +48,14 @@ class PrefixAffinity:
     over for the next one in the prefix's rendezvous order, so a hot prefix cannot pile every request
     onto one engine (the "death spiral" of unbounded affinity)."""
 
-    def __init__(self, health: HealthRegistry, balance: float = 1.5) -> None:
-        self._health = health
+    def __init__(self, loads: Loads, balance: float = 1.5) -> None:
+        self._loads = loads
         self._balance = balance
 
     def choose(self, candidates: list[Replica], key: str | None = None) -> Replica:
         if key is None or len(candidates) == 1:
-            return min(candidates, key=lambda r: self._health.load(r.id))
-        loads = {r.id: self._health.load(r.id) for r in candidates}
+            return min(candidates, key=lambda r: self._loads.load(r.id))
+        loads = {r.id: self._loads.load(r.id) for r in candidates}
         # Bounded loads: nobody takes more than ceil(balance * (total + 1) / n) requests.
         cap = math.ceil(self._balance * (sum(loads.values()) + 1) / len(candidates))
         ranked = sorted(candidates, key=lambda r: _score(key, r.id), reverse=True)
@@ -76,6 +76,6 @@ POLICIES: dict[PolicyName, type[LeastOutstanding] | type[RoundRobin] | type[Pref
 }
 
 
-def make_policy(name: PolicyName, health: HealthRegistry) -> ReplicaPolicy:
+def make_policy(name: PolicyName, loads: Loads) -> ReplicaPolicy:
     """A fresh policy instance (per version: round robin keeps its own turn)."""
-    return POLICIES[name](health)
+    return POLICIES[name](loads)

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway.errors import EngineError, GatewayError
 from gateway.metrics import Metrics
+from gateway.protocol import paths
 from gateway.protocol.chat import FINISH_REASONS, ChatCompletionRequest
 from gateway.protocol.errors import ErrorDetail, ErrorResponse
+from gateway.record import RequestRecord
+from gateway.routing.router import Router
 from gateway.routing.table import Replica, Route, Version
 from gateway.routing.versions import choose_shadows
-from gateway.services.accounting import RequestRecord
-from gateway.services.dispatch import Dispatcher, engine_error, post_answer
-from gateway.services.errors import EngineError, GatewayError
+from gateway.services.failover import Failover, resolve
+from gateway.services.leases import Leases
 from gateway.services.parsing import parse_body
+from gateway.services.replies import engine_error, post_answer
 from gateway.services.shadow import ShadowSender
-from gateway.upstream import EventStream, Upstream
+from gateway.silence import SilenceWatch, Silent
+from gateway.upstream import KEEPALIVE, EventStream, Upstream
 
-PATH = "/v1/chat/completions"
+PATH = paths.CHAT_COMPLETIONS
 _OK_FINISH = FINISH_REASONS | {None}
 
 
@@ -43,9 +51,17 @@ class ChatService:
     """Serves ``/v1/chat/completions`` for every configured chat model."""
 
     def __init__(
-        self, dispatcher: Dispatcher, upstream: Upstream, metrics: Metrics, shadows: ShadowSender
+        self,
+        router: Router,
+        failover: Failover,
+        leases: Leases,
+        upstream: Upstream,
+        metrics: Metrics,
+        shadows: ShadowSender,
     ) -> None:
-        self._dispatcher = dispatcher
+        self._router = router
+        self._failover = failover
+        self._leases = leases
         self._upstream = upstream
         self._metrics = metrics
         self._shadows = shadows
@@ -57,19 +73,16 @@ class ChatService:
         record.stream = request.stream
         return data, request
 
-    def _target(
-        self,
-        data: dict[str, Any],
-        request: ChatCompletionRequest,
-        record: RequestRecord,
-        headers: Mapping[str, str],
-    ) -> tuple[Route, Version, str | None]:
+    def _target(self, call: _Call, headers: Mapping[str, str]) -> tuple[Route, Version, str | None]:
         """Route, version (sticky by session), prefix key; and the shadow copies, sent now."""
-        route, choice = self._dispatcher.resolve(request.model, "chat", request.user, record, headers)
+        request, record = call.request, call.record
+        route, choice = resolve(
+            self._router, self._metrics, record, request.model, "chat", request.user, headers
+        )
         key = prefix_key(request, route.prefix_chars) if choice.version.policy == "prefix_affinity" else None
         shadows = choose_shadows(route, choice.version, record.request_id)
         if shadows:
-            self._shadows.send(route, shadows, PATH, data)
+            self._shadows.send(route, shadows, PATH, call.data)
         return route, choice.version, key
 
     async def complete(
@@ -80,7 +93,7 @@ class ChatService:
         headers: Mapping[str, str],
     ) -> bytes:
         """A non-streaming completion: the engine's JSON answer, normalised."""
-        route, version, key = self._target(data, request, record, headers)
+        route, version, key = self._target(_Call(data, request, record), headers)
 
         async def attempt(replica: Replica) -> dict[str, Any]:
             answer = await post_answer(self._upstream, replica, PATH, data)
@@ -88,7 +101,7 @@ class ChatService:
                 raise EngineError("The engine aborted the request.")
             return answer
 
-        answer, used = await self._dispatcher.with_failover(route, version, record, attempt, key)
+        answer, used = await self._failover.run(route, version, record, attempt, key)
         usage = answer.get("usage") or {}
         record.prompt_tokens = usage.get("prompt_tokens")
         record.completion_tokens = usage.get("completion_tokens")
@@ -101,74 +114,85 @@ class ChatService:
         request: ChatCompletionRequest,
         record: RequestRecord,
         headers: Mapping[str, str],
-    ) -> ChatStream | AsyncGenerator[bytes, None]:
+        keepalive: float,
+    ) -> ChatStream:
         """Start a stream. What fails before the engine starts answering raises here (a real status,
         after failover); what fails later becomes an in-band error event.
 
-        When the version's engine must first be loaded on demand (minutes), a lazy stream comes back
-        at once instead: the transport can start the response and ping while it loads; a failure to
-        load then arrives in-band.
+        When the version's engine must first be loaded on demand (minutes), the stream comes back
+        at once and opens while it is iterated: the transport can start the response, and the
+        stream yields :data:`~gateway.upstream.KEEPALIVE` every ``keepalive`` seconds while the
+        engine loads (a failure to load then arrives in-band).
         """
-        route, version, key = self._target(data, request, record, headers)
+        call = _Call(data, request, record)
+        route, version, key = self._target(call, headers)
         # Ask for usage even when the client did not, for accounting; that chunk is then dropped.
         data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
-        if self._dispatcher.needs_start(route, version):
-            return self._lazy(route, version, key, data, request, record)
-        return await self._open(route, version, key, data, request, record)
+        stream = ChatStream()
+        if self._failover.needs_start(route, version):
+            stream.events = self._opening(stream, route, version, key, call, keepalive)
+        else:
+            await self._open(stream, route, version, key, call)
+        return stream
 
     async def _open(
-        self,
-        route: Route,
-        version: Version,
-        key: str | None,
-        data: dict[str, Any],
-        request: ChatCompletionRequest,
-        record: RequestRecord,
-    ) -> ChatStream:
+        self, stream: ChatStream, route: Route, version: Version, key: str | None, call: _Call
+    ) -> None:
+        """Open the engine stream (with failover) and attach its relay to ``stream``."""
+
         async def attempt(replica: Replica) -> tuple[EventStream, Replica]:
-            opened = await self._upstream.open_stream(replica.base_url, PATH, _body(data, replica))
+            opened = await self._upstream.open_stream(replica.base_url, PATH, _body(call.data, replica))
             if not isinstance(opened, EventStream):
                 raise engine_error(opened.status, opened.body)
             return opened, replica
 
-        (stream, replica), used = await self._dispatcher.with_failover(route, version, record, attempt, key)
-        record.public_model = used.public_id
+        (upstream, replica), used = await self._failover.run(route, version, call.record, attempt, key)
+        call.record.public_model = used.public_id
         labels = (route.model, used.label, replica.id)
-        events = self._relay(stream, used.public_id, labels, request.include_usage, record)
-        return ChatStream(events, stream, self._dispatcher.hold(replica))
+        release = self._leases.hold(replica)
+        stream.attach(self._relay(upstream, used.public_id, labels, call, replica), upstream, release)
 
-    async def _lazy(
+    async def _opening(
         self,
+        stream: ChatStream,
         route: Route,
         version: Version,
         key: str | None,
-        data: dict[str, Any],
-        request: ChatCompletionRequest,
-        record: RequestRecord,
+        call: _Call,
+        keepalive: float,
     ) -> AsyncGenerator[bytes, None]:
+        """Open the stream while the transport already streams: keep-alives while the engine loads
+        (the same silence watch as a started stream's), then the relay's payloads."""
+        opening = asyncio.ensure_future(self._open(stream, route, version, key, call))
+        watch = SilenceWatch(keepalive)
         try:
-            stream = await self._open(route, version, key, data, request, record)
+            while True:
+                try:
+                    await watch.read(asyncio.shield(opening))
+                    break
+                except Silent:
+                    yield KEEPALIVE
         except GatewayError as exc:
-            record.error_type = exc.code
+            call.record.error_type = exc.code
             yield _in_band(exc)
             return
-        try:
-            async for payload in stream:
-                yield payload
         finally:
-            await stream.aclose()
+            watch.stop()
+            if not opening.done():
+                opening.cancel()
+                with contextlib.suppress(BaseException):
+                    await opening
+        relay = stream.relay
+        assert relay is not None  # attached by _open
+        async for payload in relay:
+            yield payload
 
     async def _relay(
-        self,
-        stream: EventStream,
-        public_id: str,
-        labels: tuple[str, str, str],
-        include_usage: bool,
-        record: RequestRecord,
+        self, stream: EventStream, public_id: str, labels: tuple[str, str, str], call: _Call, replica: Replica
     ) -> AsyncGenerator[bytes, None]:
         """Engine events -> client events (JSON payloads; framing is the transport's job)."""
+        record, include_usage = call.record, call.request.include_usage
         itl = self._metrics.itl.labels(*labels)
-        health = self._dispatcher.health
         last = 0.0
         try:
             async for payload in stream:
@@ -208,13 +232,22 @@ class ChatService:
                     event["model"] = public_id
                     payload = orjson.dumps(event)
                 yield payload
-            health.success(labels[2])
+            self._leases.succeeded(replica)
         except GatewayError as exc:
             record.error_type = exc.code
-            health.failure(labels[2], unreachable=False)
+            self._leases.failed(replica)
             yield _in_band(exc)
         finally:
             stream.close()
+
+
+@dataclass(slots=True)
+class _Call:
+    """One chat request as the service carries it through its steps."""
+
+    data: dict[str, Any]
+    request: ChatCompletionRequest
+    record: RequestRecord
 
 
 def _aborted(choices: Iterable[dict[str, Any]]) -> bool:
@@ -227,33 +260,48 @@ def _body(data: dict[str, Any], replica: Replica) -> bytes:
 
 
 class ChatStream:
-    """A started stream: iterate for client payloads; :meth:`aclose` always frees the engine.
+    """The one stream type out of the chat service: iterate for client payloads (an empty payload is
+    :data:`~gateway.upstream.KEEPALIVE`); :meth:`aclose` always frees the engine.
 
     ``aclose`` is safe to call more than once and also works when iteration never began (a client
     that left before the first byte), which a bare async generator's ``aclose`` would not cover.
     """
 
-    def __init__(
-        self, events: AsyncGenerator[bytes, None], upstream: EventStream, on_close: Callable[[], None]
+    __slots__ = ("_release", "_upstream", "events", "relay")
+
+    def __init__(self) -> None:
+        self.events: AsyncGenerator[bytes, None] | None = None
+        self.relay: AsyncGenerator[bytes, None] | None = None
+        self._upstream: EventStream | None = None
+        self._release: Callable[[], None] | None = None
+
+    def attach(
+        self, relay: AsyncGenerator[bytes, None], upstream: EventStream, release: Callable[[], None]
     ) -> None:
-        self._events = events
-        self._upstream = upstream
-        self._on_close: Callable[[], None] | None = on_close
+        """The engine stream is open: its relay, its connection and its in-flight lease."""
+        self.relay, self._upstream, self._release = relay, upstream, release
+        if self.events is None:
+            self.events = relay
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._events
+        assert self.events is not None, "a stream is opened or opening before it is iterated"
+        return self.events
 
     async def aclose(self) -> None:
         """Stop relaying and close the engine connection (aborting unfinished work)."""
         try:
-            await self._events.aclose()
+            if self.events is not None:
+                await self.events.aclose()
+            if self.relay is not None and self.relay is not self.events:
+                await self.relay.aclose()
         finally:
             try:
-                await self._upstream.aclose()
+                if self._upstream is not None:
+                    await self._upstream.aclose()
             finally:
-                if self._on_close is not None:
-                    self._on_close, on_close = None, self._on_close
-                    on_close()
+                release, self._release = self._release, None
+                if release is not None:
+                    release()
 
 
 def _in_band(error: GatewayError) -> bytes:

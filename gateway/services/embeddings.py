@@ -7,23 +7,29 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import InvalidRequestError
+from gateway.metrics import Metrics
+from gateway.protocol import paths
 from gateway.protocol.embeddings import EmbeddingRequest
+from gateway.record import RequestRecord
+from gateway.routing.router import Router
 from gateway.routing.table import Replica
-from gateway.services.accounting import RequestRecord
-from gateway.services.dispatch import Dispatcher, post_answer
-from gateway.services.errors import InvalidRequestError
+from gateway.services.failover import Failover, resolve
 from gateway.services.parsing import parse_body
+from gateway.services.replies import post_answer
 from gateway.upstream import Upstream
 
-PATH = "/v1/embeddings"
+PATH = paths.EMBEDDINGS
 
 
 class EmbeddingsService:
     """Serves ``/v1/embeddings`` for every configured embeddings model."""
 
-    def __init__(self, dispatcher: Dispatcher, upstream: Upstream) -> None:
-        self._dispatcher = dispatcher
+    def __init__(self, router: Router, failover: Failover, upstream: Upstream, metrics: Metrics) -> None:
+        self._router = router
+        self._failover = failover
         self._upstream = upstream
+        self._metrics = metrics
 
     async def embed(self, body: bytes, record: RequestRecord, headers: Mapping[str, str]) -> bytes:
         """The engine's embedding list, with ``model`` set to the public name of what served it."""
@@ -31,12 +37,14 @@ class EmbeddingsService:
         record.model = request.model
         if request.input_is_empty():
             raise InvalidRequestError("'input' must not be empty.", param="input")
-        route, choice = self._dispatcher.resolve(request.model, "embeddings", request.user, record, headers)
+        route, choice = resolve(
+            self._router, self._metrics, record, request.model, "embeddings", request.user, headers
+        )
 
         async def attempt(replica: Replica) -> dict[str, Any]:
             return await post_answer(self._upstream, replica, PATH, data)
 
-        answer, used = await self._dispatcher.with_failover(route, choice.version, record, attempt)
+        answer, used = await self._failover.run(route, choice.version, record, attempt)
         record.prompt_tokens = (answer.get("usage") or {}).get("prompt_tokens")
         record.public_model = answer["model"] = used.public_id
         return orjson.dumps(answer)

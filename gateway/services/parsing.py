@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from gateway.services.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 import structlog
 
+from gateway.errors import GatewayError
 from gateway.metrics import Metrics
+from gateway.routing.router import Router
 from gateway.routing.table import Route, Version
-from gateway.services.dispatch import Dispatcher
-from gateway.services.errors import GatewayError
 from gateway.upstream import Upstream
 
 _log = structlog.get_logger("offload.shadow")
@@ -26,8 +26,8 @@ _log = structlog.get_logger("offload.shadow")
 class ShadowSender:
     """Fire-and-forget copies with bounded concurrency."""
 
-    def __init__(self, dispatcher: Dispatcher, upstream: Upstream, metrics: Metrics, limit: int = 32) -> None:
-        self._dispatcher = dispatcher
+    def __init__(self, router: Router, upstream: Upstream, metrics: Metrics, limit: int = 32) -> None:
+        self._router = router
         self._upstream = upstream
         self._metrics = metrics
         self._limit = limit
@@ -36,16 +36,11 @@ class ShadowSender:
     def send(self, route: Route, versions: list[Version], path: str, data: dict[str, Any]) -> None:
         """Start one copy per shadow version (non-streaming: only latency and outcome matter)."""
         for version in versions:
-            healthy = self._dispatcher.health.healthy(version.replicas)
-            replica_label = healthy[0].id if healthy else "-"
-            if not healthy or len(self._tasks) >= self._limit:
-                self._metrics.shadow.labels(route.model, version.label, replica_label, "skipped").inc()
+            replica = self._router.least_loaded(version)
+            if replica is None or len(self._tasks) >= self._limit:
+                label = replica.id if replica is not None else "-"
+                self._metrics.shadow.labels(route.model, version.label, label, "skipped").inc()
                 continue
-            replica = (
-                healthy[0]
-                if len(healthy) == 1
-                else min(healthy, key=lambda r: self._dispatcher.health.load(r.id))
-            )
             copy = {k: v for k, v in data.items() if k != "stream_options"}
             copy["stream"] = False
             copy["model"] = replica.served_name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from openai import OpenAI
@@ -10,12 +11,14 @@ from openai import OpenAI
 from engines.process import EngineProcess
 from engines.supervisor import Supervisor
 from gateway.config import EngineConfig, LocalEngine, ModelConfig, OffloadConfig
+from gateway.local_engines import engine_specs
 from gateway.settings import Settings
 from tests.integration.servers import GatewayProcess, free_port
 
 CHAT = "smollm2"
 CHAT_V2 = "smollm2-v2"  # a second SmolLM2 engine: version v2 / a second replica in routing tests
 EMBED = "minilm"
+_HERE = Path(__file__).parent
 
 
 class Engines:
@@ -63,7 +66,8 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
         )
     )
     logs = tmp_path_factory.mktemp("engine-logs")
-    supervisor = Supervisor(config, Settings().models_dir, logs)
+    models_dir = Settings().models_dir
+    supervisor = Supervisor(engine_specs(config, models_dir), models_dir, logs)
     try:
         supervisor.prepare_models()
         supervisor.start_all()
@@ -87,8 +91,17 @@ def client(gateway: GatewayProcess) -> OpenAI:
     return OpenAI(base_url=gateway.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it must see the marks added here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that kill engines run last, so the others see healthy engines."""
+    """Mark ``engines`` every test here that uses the real engines, through the ``engines`` fixture
+    or one built on it (``gateway``, ``client``, module fixtures), so that ``-m "not engines"`` runs
+    the fast suite. A test that starts engines some other way carries ``@pytest.mark.engines`` itself.
+
+    Tests that kill engines (``destructive``) run last, so the others see healthy engines.
+    """
+    for item in items:
+        if "engines" in getattr(item, "fixturenames", ()) and item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.engines)
     items.sort(key=lambda item: bool(item.get_closest_marker("destructive")))
 
 

@@ -9,14 +9,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
+import orjson
 import yaml
 
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -26,14 +30,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition") -> float:  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until true; return seconds waited, or fail the test after ``timeout``."""
+def wait_until(
+    predicate: Callable[[], object], timeout: float, interval: float = 0.2, what: str = "condition"
+) -> float:
+    """Poll ``predicate`` until true; return seconds waited, or fail the test after ``timeout``.
+
+    Use it (or :func:`eventually`) for every effect that lands after the client is done: the gateway
+    writes its summary line and counts its metrics once the response is sent, which can be just after
+    the client has read the end of it; an engine updates its counters on its own schedule.
+    """
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if predicate():
             return time.monotonic() - start
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def eventually(check: Callable[[], T], timeout: float = 10, interval: float = 0.05) -> T:
+    """Call ``check`` until it stops failing an assertion; return its result. After ``timeout``
+    seconds its last assertion error is raised, so a failure says which expectation was not met."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(interval)
 
 
 def engine_gauge(base_url: str, name: str) -> float:
@@ -89,8 +113,46 @@ class GatewayProcess:
         except httpx.HTTPError:
             return False
 
-    def log(self) -> str:
-        return self.log_path.read_text()
+    def log(self, since: int = 0) -> str:
+        """The gateway's output so far (from byte ``since``: see :meth:`log_mark`)."""
+        with self.log_path.open("rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")
+
+    def log_mark(self) -> int:
+        """Where the log ends now: what happens next is ``log(since=mark)``."""
+        return self.log_path.stat().st_size
+
+    def wait_for_log(self, text: str, since: int = 0, timeout: float = 10) -> None:
+        """Wait until ``text`` shows up in the log after byte ``since``."""
+        wait_until(lambda: text in self.log(since), timeout, interval=0.05, what=f"{text!r} in the log")
+
+    def summaries(self, request_id: str) -> list[dict[str, Any]]:
+        """The summary lines (JSON) logged so far for the request with this ``X-Request-Id``."""
+        lines = []
+        for line in self.log().splitlines():
+            if request_id not in line:
+                continue
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # not one of ours, or a line still being written
+            if entry.get("event") == "request" and entry.get("request_id") == request_id:
+                lines.append(entry)
+        return lines
+
+    def summary(self, request_id: str, timeout: float = 10) -> dict[str, Any]:
+        """The request's one summary line, waited for: the gateway writes it once the response is
+        sent, which can be just after the client has read the end of it."""
+
+        def written() -> list[dict[str, Any]]:
+            lines = self.summaries(request_id)
+            assert lines, f"no summary line for request {request_id!r} in the gateway log"
+            return lines
+
+        lines = eventually(written, timeout)
+        assert len(lines) == 1, f"{len(lines)} summary lines for one request: {lines}"
+        return lines[0]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

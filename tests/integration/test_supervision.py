@@ -17,6 +17,7 @@ from openai import OpenAI
 from engines.hostinfo import group_members
 from engines.supervisor import Supervisor
 from gateway.config import EngineConfig, LocalEngine, ModelConfig, OffloadConfig
+from gateway.local_engines import engine_specs
 from gateway.settings import Settings
 from tests.integration.conftest import EMBED, Engines
 from tests.integration.servers import GatewayProcess, OffloadRun, free_port, wait_until
@@ -184,7 +185,8 @@ def test_engine_over_its_memory_limit_is_killed_and_restarted_gateway_unaffected
             ),
         )
     )
-    supervisor = Supervisor(config, Settings().models_dir, tmp / "logs")
+    models_dir = Settings().models_dir
+    supervisor = Supervisor(engine_specs(config, models_dir), models_dir, tmp / "logs")
     managed = supervisor.managed["tight"]
     assert managed.process.limits.memory_mechanism in ("cgroup", "rlimit")
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -36,24 +35,24 @@ def test_killing_a_replica_under_load_loses_no_request_that_had_no_byte(
     ]
     gw = GatewayProcess(tmp_path, models).start()
 
-    def both_up() -> bool:  # a slow first probe leaves a replica unknown (no traffic) for a moment
-        up = [
-            s
+    def replicas_up() -> dict[str, float]:
+        return {
+            s.labels["replica"]: s.value
             for f in text_string_to_metric_families(httpx.get(gw.base_url + "/metrics").text)
             for s in f.samples
             if s.name == "offload_replica_up" and s.labels["model"] == "pool"
-        ]
-        return len(up) == 2 and all(s.value == 1 for s in up)
+        }
 
-    wait_until(both_up, 30, what="both replicas up")
+    # a slow first probe leaves a replica unknown (no traffic) for a moment
+    wait_until(lambda: replicas_up() == {"pool-0": 1, "pool-1": 1}, 30, what="both replicas up")
     client = OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0, timeout=300)
     victim = engines.by_name[CHAT_V2]
     outcomes: list[str] = []
     lock = threading.Lock()
-    stop_at = time.monotonic() + 45
+    stop = threading.Event()
 
     def worker(i: int) -> None:
-        while time.monotonic() < stop_at:
+        while not stop.is_set():
             try:
                 reply = client.chat.completions.create(
                     model="pool",
@@ -72,16 +71,24 @@ def test_killing_a_replica_under_load_loses_no_request_that_had_no_byte(
     for t in threads:
         t.start()
     try:
+        # Under load: every worker has had an answer, and the victim is generating right now.
         wait_until(
-            lambda: engine_gauge(engines.url(CHAT_V2), "vllm:num_requests_running") > 0,
-            30,
-            interval=0.1,
-            what="load on the victim",
+            lambda: (
+                len(outcomes) >= len(threads)
+                and engine_gauge(engines.url(CHAT_V2), "vllm:num_requests_running") > 0
+            ),
+            60,
+            interval=0.05,
+            what="steady load on both replicas",
         )
-        time.sleep(2)
         assert victim.pid is not None
         os.killpg(victim.pid, signal.SIGKILL)
         killed = len(outcomes)
+        # The load goes on until the gateway has taken the victim out and served two more rounds.
+        wait_until(lambda: replicas_up().get("pool-1") == 0, 30, what="the victim reported down")
+        down = len(outcomes)
+        wait_until(lambda: len(outcomes) >= down + 2 * len(threads), 120, what="traffic after the kill")
+        stop.set()
         for t in threads:
             t.join(timeout=120)
         assert all(not t.is_alive() for t in threads)
@@ -91,5 +98,6 @@ def test_killing_a_replica_under_load_loses_no_request_that_had_no_byte(
         metrics = httpx.get(gw.base_url + "/metrics").text
         assert 'offload_retries_total{model="pool"' in metrics
     finally:
+        stop.set()
         gw.stop()
         victim.stop()

@@ -8,7 +8,7 @@ from gateway.config import EngineConfig, ModelConfig, OffloadConfig
 from gateway.metrics import Metrics
 from gateway.routing.health import HealthRegistry, State
 from gateway.routing.table import RouteTable
-from gateway.services.accounting import RequestRecord
+from gateway.record import RequestRecord
 from gateway.services.dispatch import Dispatcher
 
 CHAT_URL = "http://10.1.2.3:9001"

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from engines.spec import EngineLaunch
 from gateway.config import (
     ConfigError,
     EngineConfig,
+    LocalEngine,
     OffloadConfig,
     default_config,
     load_config,
@@ -332,3 +335,53 @@ def test_load_config_names_the_file_in_validation_errors(tmp_path: Path) -> None
         load_config(path)
 
     assert f"invalid configuration in {path}:" in str(info.value)
+
+
+def test_fractional_kv_cache_is_refused_because_vllm_reads_whole_gib() -> None:
+    with pytest.raises(ValueError):
+        LocalEngine(model="m", port=9, kv_cache_gib=2.5)  # type: ignore[arg-type]  # the point: a float
+
+
+def test_engine_launch_has_the_fields_and_defaults_of_local_engine() -> None:
+    # The engines package keeps its own copy of the settings; the two must not drift apart.
+    launch_fields = {f.name: f for f in dataclasses.fields(EngineLaunch)}
+
+    assert list(launch_fields) == list(LocalEngine.model_fields)
+    for name, info in LocalEngine.model_fields.items():
+        f = launch_fields[name]
+        if info.is_required():
+            assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, name
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            assert default == info.get_default(call_default_factory=True), name
+
+
+def test_launch_carries_every_setting_to_the_engines_type() -> None:
+    local = LocalEngine(
+        model="/models/x",
+        port=8123,
+        host="127.0.0.2",
+        dtype="float32",
+        enforce_eager=False,
+        kv_cache_gib=3,
+        gpu_memory_utilization=0.5,
+        max_model_len=2048,
+        max_num_seqs=4,
+        tensor_parallel_size=2,
+        cpus="0-1",
+        memory_limit_gib=1.5,
+        on_demand=True,
+        idle_timeout=30,
+        extra_args=("--seed", "1"),
+        env={"A": "b"},
+        startup_timeout=60,
+    )
+
+    launch = local.launch()
+
+    assert isinstance(launch, EngineLaunch)
+    assert dataclasses.asdict(launch) == local.model_dump()
+
+
+def test_launch_of_a_bare_engine_keeps_the_defaults() -> None:
+    assert LocalEngine(model="minilm", port=8102).launch() == EngineLaunch(model="minilm", port=8102)

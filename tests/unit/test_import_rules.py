@@ -49,9 +49,6 @@ def contract_names() -> list[str]:
     return [contract["name"] for contract in config["contracts"]]
 
 
-GATEWAY_CONTRACT = "gateway never imports heavy ML libraries or engines"
-
-
 @pytest.mark.parametrize(
     "contract",
     contract_names(),
@@ -61,17 +58,67 @@ def test_import_contract_is_kept(lint_report: str, contract: str) -> None:
 
 
 def test_the_project_declares_the_design_import_rules() -> None:
-    names = contract_names()
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    kinds = {contract["type"] for contract in config["contracts"]}
+    layers = next(c for c in config["contracts"] if c["type"] == "layers")
 
-    assert GATEWAY_CONTRACT in names
-    assert "protocol is a leaf" in names
-    assert len(names) >= 4
+    assert {"layers", "forbidden"} <= kinds
+    assert layers["containers"] == ["gateway"] and layers["exhaustive"] is True
+    assert layers["layers"][-1] == "protocol"  # the leaf
 
 
 def test_lint_imports_runs_with_the_project_configuration() -> None:
     result = run_lint_imports()
 
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _copy_of_the_project(tmp_path: Path) -> Path:
+    for name in ("gateway", "engines"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def _lint_copy(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [lint_imports(), "--no-cache", "--no-logo"],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        # routing (pure) reaching up into the transport
+        ("gateway/routing/table.py", "import gateway.api.front", "gateway layers"),
+        # a service reaching into the composition root
+        ("gateway/services/parsing.py", "import gateway.app", "gateway layers"),
+        # a new module nobody placed in a layer
+        ("gateway/newcomer.py", "import gateway.config", "gateway layers"),
+        # the lower package reaching up into the gateway
+        ("engines/hostinfo.py", "import gateway.config", "engines is the lower layer"),
+        # a service importing the web framework
+        ("gateway/services/parsing.py", "import litestar", "only gateway.api and gateway.app import litestar"),
+    ],
+)
+def test_an_import_across_a_layer_breaks_a_contract(
+    tmp_path: Path, module: str, line: str, broken: str
+) -> None:
+    root = _copy_of_the_project(tmp_path)
+    target = root / module
+    text = target.read_text() if target.exists() else '"""A new module."""\n'
+    target.write_text(text + f"\n{line}  # noqa\n")
+
+    result = _lint_copy(root)
+
+    assert result.returncode != 0, result.stdout
+    broken_lines = [ln for ln in result.stdout.splitlines() if ln.endswith("BROKEN")]
+    assert any(ln.startswith(broken) for ln in broken_lines), result.stdout + result.stderr
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -101,8 +148,7 @@ def test_no_gateway_module_imports_heavy_ml_libraries() -> None:
 
 
 def test_only_the_api_package_and_the_app_import_litestar() -> None:
-    # main.py builds the server around the app (DESIGN.md names only api/ and app.py; see the report).
-    allowed = {GATEWAY / "app.py", GATEWAY / "main.py"}
+    allowed = {GATEWAY / "app.py"}
     offenders = [
         str(path.relative_to(ROOT))
         for path in gateway_files()

@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from gateway.logging import configure_logging, log_request
-from gateway.services.accounting import RequestRecord
+from gateway.record import RequestRecord
 from gateway.settings import LogSettings
 
 

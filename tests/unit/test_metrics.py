@@ -3,7 +3,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from gateway.metrics import GapHistogram, Metrics
-from gateway.services.accounting import RequestRecord
+from gateway.record import RequestRecord
 from tests.unit.samples import metric_total
 
 

@@ -9,9 +9,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.services.errors import EngineError, EngineTimeoutError
+from gateway.errors import EngineError, EngineTimeoutError
 from gateway.settings import UpstreamSettings
-from gateway.upstream import EngineConnectError, EventStream, ProbeResult, Upstream, UpstreamReply
+from gateway.upstream import EventStream, ProbeResult, Upstream, UpstreamReply
+from gateway.errors import EngineConnectError
 from tests.unit.fakes import closed_port
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.services.errors import EngineError
+from gateway.errors import EngineError
 from gateway.upstream import KEEPALIVE, EventStream
 
 

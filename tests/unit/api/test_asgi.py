@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from gateway.api.asgi import ScopeHeaders, read_body
-from gateway.api.disconnect import ClientDisconnected
-from gateway.services.errors import RequestTooLargeError
+from gateway.errors import ClientDisconnected
+from gateway.errors import RequestTooLargeError
 
 
 def receiver(*messages: dict[str, Any]) -> Any:

@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from gateway.api.disconnect import ClientDisconnected, unless_disconnected
+from gateway.api.disconnect import unless_disconnected
+from gateway.errors import ClientDisconnected
 
 
 class FakeRequest:

@@ -9,8 +9,8 @@ import pytest
 from litestar import asgi
 
 from gateway.api.hot import HotRoutes
-from gateway.services.accounting import RequestRecord
-from gateway.services.errors import EngineUnavailableError
+from gateway.record import RequestRecord
+from gateway.errors import EngineUnavailableError
 
 PATH = "/v1/chat/completions"
 

@@ -2,16 +2,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-import pytest
-
-from engines.spec import EngineSpec
-from gateway.config import LocalEngine, Task
+from engines.spec import EngineLaunch, EngineSpec, Task
 
 
-def spec(task: Task = "chat", **engine: object) -> EngineSpec:
-    local = LocalEngine.model_validate({"model": "m", "port": 8555, **engine})
-    return EngineSpec(name="m", task=task, model_dir=Path("/models/m"), served_name="public-m", engine=local)
+def spec(task: Task = "chat", **launch: Any) -> EngineSpec:
+    settings = EngineLaunch(model="m", port=8555, **launch)
+    return EngineSpec(
+        name="m", task=task, model_dir=Path("/models/m"), served_name="public-m", launch=settings
+    )
 
 
 def flag_value(argv: list[str], flag: str) -> str:
@@ -72,11 +72,6 @@ def test_env_keeps_engines_offline_and_sizes_the_kv_cache() -> None:
     assert env["HF_HUB_OFFLINE"] == "1"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in env
-
-
-def test_fractional_kv_cache_is_refused_because_vllm_reads_whole_gib() -> None:
-    with pytest.raises(ValueError):
-        spec(kv_cache_gib=2.5)
 
 
 def test_env_binds_threads_only_when_cpus_are_set() -> None:

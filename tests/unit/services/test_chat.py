@@ -9,10 +9,10 @@ import pytest
 from gateway.metrics import Metrics
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.routing.health import HealthRegistry, State
-from gateway.services.accounting import RequestRecord
+from gateway.record import RequestRecord
 from gateway.services.chat import ChatService, ChatStream
 from gateway.services.dispatch import Dispatcher
-from gateway.services.errors import (
+from gateway.errors import (
     EngineError,
     EngineStatusError,
     EngineTimeoutError,
@@ -21,7 +21,8 @@ from gateway.services.errors import (
     ModelNotFoundError,
 )
 from gateway.services.shadow import ShadowSender
-from gateway.upstream import EngineConnectError, UpstreamReply
+from gateway.upstream import UpstreamReply
+from gateway.errors import EngineConnectError
 from tests.unit.conftest import CHAT_URL
 from tests.unit.fakes import FakeEventStream, FakeUpstream, chunk, usage_chunk
 from tests.unit.samples import metric_total

@@ -9,9 +9,9 @@ from gateway.config import EngineConfig, ModelConfig, OffloadConfig
 from gateway.metrics import Metrics
 from gateway.routing.health import HealthRegistry, State
 from gateway.routing.table import Replica, RouteTable
-from gateway.services.accounting import RequestRecord
+from gateway.record import RequestRecord
 from gateway.services.dispatch import Dispatcher, engine_error
-from gateway.services.errors import (
+from gateway.errors import (
     EngineError,
     EngineStatusError,
     EngineTimeoutError,
@@ -20,7 +20,7 @@ from gateway.services.errors import (
     InvalidRequestError,
     ModelNotFoundError,
 )
-from gateway.upstream import EngineConnectError
+from gateway.errors import EngineConnectError
 from tests.unit.conftest import RETRY_AFTER
 
 # --- engine_error: normalising engine error answers ---------------------------------------------

@@ -6,16 +6,17 @@ import orjson
 import pytest
 
 from gateway.routing.health import HealthRegistry, State
-from gateway.services.accounting import RequestRecord
+from gateway.record import RequestRecord
 from gateway.services.dispatch import Dispatcher
 from gateway.services.embeddings import EmbeddingsService
-from gateway.services.errors import (
+from gateway.errors import (
     EngineStatusError,
     EngineUnavailableError,
     GatewayError,
     InvalidRequestError,
 )
-from gateway.upstream import EngineConnectError, UpstreamReply
+from gateway.upstream import UpstreamReply
+from gateway.errors import EngineConnectError
 from tests.unit.conftest import EMBED_URL
 from tests.unit.fakes import FakeUpstream
 

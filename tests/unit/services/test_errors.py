@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.services.errors import (
+from gateway.errors import (
     EngineError,
     EngineStatusError,
     EngineTimeoutError,

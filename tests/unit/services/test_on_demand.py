@@ -11,10 +11,10 @@ import pytest
 from gateway.metrics import Metrics
 from gateway.routing.health import HealthRegistry, State
 from gateway.routing.table import RouteTable
-from gateway.services.accounting import RequestRecord
+from gateway.record import RequestRecord
 from gateway.services.chat import ChatService, ChatStream
 from gateway.services.dispatch import Dispatcher
-from gateway.services.errors import EngineUnavailableError
+from gateway.errors import EngineUnavailableError
 from gateway.services.shadow import ShadowSender
 from tests.unit.conftest import CHAT_URL
 from tests.unit.fakes import FakeUpstream

@@ -4,7 +4,7 @@ import pytest
 
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.embeddings import EmbeddingRequest
-from gateway.services.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError
 from gateway.services.parsing import parse_body
 
 

@@ -9,11 +9,12 @@ from gateway.config import parse_config
 from gateway.metrics import Metrics
 from gateway.routing.health import HealthRegistry, State
 from gateway.routing.table import Route, RouteTable
-from gateway.services.accounting import RequestRecord
+from gateway.record import RequestRecord
 from gateway.services.chat import ChatService
 from gateway.services.dispatch import Dispatcher
 from gateway.services.shadow import ShadowSender
-from gateway.upstream import EngineConnectError, UpstreamReply
+from gateway.upstream import UpstreamReply
+from gateway.errors import EngineConnectError
 from tests.unit.fakes import FakeUpstream
 from tests.unit.samples import metric_total
 

@@ -1,6 +1,22 @@
 """The gateway's one error hierarchy; :mod:`gateway.api.errors` maps it to HTTP in one place.
 
-Messages are written for API clients: never a traceback, an engine address or a prompt.
+Messages are written for API clients: never a traceback, an engine address or a prompt. The tree,
+with each error's status and OpenAI ``code``::
+
+    GatewayError                  500 internal_error    a bug (logged; the client gets a bare 500)
+    ├── InvalidRequestError       400 invalid_request   malformed JSON, schema violation (names the field)
+    ├── NotFoundError             404 not_found         no such URL, no such engine (admin)
+    ├── ModelNotFoundError        404 model_not_found   unknown model or version
+    ├── MethodNotAllowedError     405 method_not_allowed
+    ├── RequestTooLargeError      413 request_too_large
+    ├── ClientDisconnected        499 client_disconnected  the client left (logged, never sent)
+    ├── EngineError               502 engine_error      the engine failed: broken stream, bad answer
+    ├── EngineUnavailableError    503 engine_unavailable  no healthy replica (Retry-After)
+    │   └── EngineConnectError    503                   the engine is unreachable: retry elsewhere
+    ├── EngineTimeoutError        504 engine_timeout
+    └── EngineStatusError         the engine's own status (4xx about the request, 5xx as 502/503)
+
+Which failures are retried on another replica is decided by :func:`gateway.services.failover.retryable`.
 """
 
 from __future__ import annotations
@@ -91,6 +107,18 @@ class EngineUnavailableError(GatewayError):
     status = 503
     type = "server_error"
     code = "engine_unavailable"
+
+
+class EngineConnectError(EngineUnavailableError):
+    """The engine could not be reached at all: safe to retry elsewhere, worth marking the replica down."""
+
+
+class ClientDisconnected(GatewayError):
+    """The client left before the answer was ready (logged as 499; nobody receives the body)."""
+
+    status = 499
+    type = "client_disconnected"
+    code = "client_disconnected"
 
 
 class EngineTimeoutError(GatewayError):

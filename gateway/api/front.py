@@ -1,0 +1,135 @@
+"""The gateway's outermost ASGI app: request bookkeeping for every request, the two hot routes served
+directly, everything else handed to Litestar.
+
+* Every ``/v1/`` request gets a :class:`RequestRecord`, an ``X-Request-Id`` (echoed or generated, and
+  bound to structlog's context so every log line of the request carries it), the headers saying what
+  served it, one summary log line and its metrics. Probes and scrapes get none of that.
+* ``/v1/chat/completions`` and ``/v1/embeddings`` are owned here entirely: POST goes straight to their
+  plain-ASGI handlers (no signature model, dependency injection or response object per request: about
+  a third of the gateway's CPU per request, measured in ``benchmarks/README.md``), any other method
+  is a 405, and an error raised before the response started is answered in the same OpenAI shape as
+  Litestar's exception handlers give (:mod:`gateway.api.errors`).
+* The rest (``/v1/models``, ``/health``, ``/ready``, ``/metrics``, ``/admin``, unknown paths, lifespan)
+  is Litestar's.
+
+A plain ASGI app, not Starlette's ``BaseHTTPMiddleware`` (which would delay client disconnects).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
+
+import structlog
+
+from gateway.api.asgi import RECORD_KEY, ASGIApp, Message, Receive, Scope, Send, send_json
+from gateway.api.errors import error_body, unexpected
+from gateway.errors import GatewayError, MethodNotAllowedError
+from gateway.logging import log_request
+from gateway.protocol import paths
+from gateway.record import RequestRecord
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+HotHandler = Callable[["Scope", "Receive", "Send", RequestRecord], Awaitable[None]]
+"""A hot route: the ASGI triple plus the request's record."""
+
+_REQUEST_ID = b"x-request-id"
+_REPLICA = b"x-offload-replica"
+_MODEL = b"x-offload-model"
+_VERSION = b"x-offload-version"
+_ENDPOINTS = frozenset({paths.CHAT_COMPLETIONS, paths.EMBEDDINGS, paths.MODELS})
+_MODEL_PREFIX = paths.MODELS + "/"
+_ALLOW_POST = {"Allow": "POST"}
+_log = structlog.get_logger("offload.access")
+
+
+def endpoint_of(path: str) -> str:
+    """The endpoint label of a path: one of a bounded set (metrics must not take client input)."""
+    if path in _ENDPOINTS:
+        return path
+    if path.startswith(_MODEL_PREFIX):
+        return paths.MODEL
+    return "other"
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == _REQUEST_ID:
+            # Echo the caller's id, bounded and printable, so it can be correlated safely.
+            text: str = value.decode("latin-1")[:128]
+            if text.isprintable():
+                return text
+    return secrets.token_hex(16)
+
+
+def _served_headers(record: RequestRecord, message: Message) -> None:
+    """Add the request id and what served the request (configured names only, never addresses)."""
+    headers = list(message.get("headers") or ())
+    headers.append((_REQUEST_ID, record.request_id.encode("latin-1")))
+    if record.public_model is not None:
+        headers.append((_MODEL, record.public_model.encode()))
+    if record.version is not None and record.version != "-":
+        headers.append((_VERSION, record.version.encode()))
+    if record.replica is not None:
+        headers.append((_REPLICA, record.replica.encode()))
+    message["headers"] = headers
+
+
+class FrontDoor:
+    """The ASGI app served by uvicorn: ``hot`` routes by path, ``app`` (Litestar) for the rest."""
+
+    def __init__(
+        self, app: ASGIApp, hot: Mapping[str, HotHandler], metrics: Metrics, log_requests: bool
+    ) -> None:
+        self.app = app
+        self._hot = dict(hot)
+        self._metrics = metrics
+        self._log = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(paths.API_PREFIX):
+            await self.app(scope, receive, send)  # lifespan, probes and scrapes: no record, no log line
+            return
+        record = RequestRecord(request_id=_request_id(scope), route=endpoint_of(scope["path"]))
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                _served_headers(record, message)
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=record.request_id):
+            try:
+                hot = self._hot.get(scope["path"])
+                if hot is None:
+                    scope[RECORD_KEY] = record  # for api.errors' handlers
+                    await self.app(scope, receive, send_wrapper)
+                else:
+                    await self._serve_hot(hot, scope, receive, send_wrapper, record)
+            finally:
+                if record.status == 0:  # the client left before any response started
+                    record.status = 499
+                    record.error_type = record.error_type or "client_disconnected"
+                self._metrics.finish(record)
+                if self._log:
+                    log_request(_log, record)
+
+    @staticmethod
+    async def _serve_hot(
+        hot: HotHandler, scope: Scope, receive: Receive, send: Send, record: RequestRecord
+    ) -> None:
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowedError(f"Method {scope['method']} is not allowed for {scope['path']}.")
+            await hot(scope, receive, send, record)
+        except Exception as exc:
+            if record.status:  # the response has started: too late for an error response
+                raise
+            error = exc if isinstance(exc, GatewayError) else unexpected(scope["path"], exc)
+            record.error_type = error.code
+            body, headers = error_body(error)
+            if isinstance(error, MethodNotAllowedError):
+                headers = {**headers, **_ALLOW_POST}
+            await send_json(send, body, error.status, headers)

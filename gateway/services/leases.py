@@ -1,0 +1,83 @@
+"""A request's hold on a replica: counted in flight while it runs, its outcome fed to the breaker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from gateway.errors import EngineConnectError, EngineError, EngineStatusError, EngineTimeoutError
+from gateway.routing.breaker import Breakers
+from gateway.routing.load import Loads
+from gateway.routing.table import Replica
+from gateway.services.engine_control import EngineControl
+
+
+class Leases:
+    """In-flight counts (ours, and the supervisor's for on-demand idling) and breaker verdicts."""
+
+    def __init__(
+        self, breakers: Breakers, loads: Loads, engines: EngineControl | None, retry_after: int
+    ) -> None:
+        self._breakers = breakers
+        self._loads = loads
+        self._engines = engines
+        self._retry_after = retry_after
+
+    def _begin(self, replica: Replica) -> None:
+        self._loads.begin(replica.id)
+        self._breakers.admit(replica.id)
+        if self._engines is not None:
+            self._engines.begin(replica.base_url)
+
+    def _end(self, replica: Replica) -> None:
+        self._loads.end(replica.id)
+        if self._engines is not None:
+            self._engines.end(replica.base_url)
+
+    def hold(self, replica: Replica) -> Callable[[], None]:
+        """Count a stream in flight on ``replica`` until the returned release is called (once)."""
+        self._begin(replica)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._end(replica)
+
+        return release
+
+    def succeeded(self, replica: Replica) -> None:
+        """A stream finished well: the engine works."""
+        self._breakers.success(replica.id)
+
+    def failed(self, replica: Replica) -> None:
+        """A stream broke at the engine's end."""
+        self._breakers.failure(replica.id, unreachable=False)
+
+    @contextmanager
+    def calling(self, replica: Replica) -> Iterator[None]:
+        """Count a call in flight and feed its outcome to the replica's circuit breaker."""
+        self._begin(replica)
+        try:
+            yield
+        except EngineConnectError as exc:
+            self._breakers.failure(replica.id, unreachable=True)
+            exc.retry_after = self._retry_after
+            raise
+        except (EngineError, EngineTimeoutError):
+            self._breakers.failure(replica.id, unreachable=False)
+            raise
+        except EngineStatusError as exc:
+            if exc.status >= 500:
+                self._breakers.failure(replica.id, unreachable=False)
+            else:
+                self._breakers.success(replica.id)  # the engine works; the request was wrong
+            raise
+        except BaseException:
+            self._breakers.abandoned(replica.id)  # cancelled (client left): no verdict on the engine
+            raise
+        else:
+            self._breakers.success(replica.id)
+        finally:
+            self._end(replica)
