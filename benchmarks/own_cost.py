@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 import uvloop
+from litestar import Litestar
 
 from gateway.app import create_app
 from gateway.config import parse_config
@@ -204,7 +205,9 @@ async def measure(requests: int, streams: int, rounds: int = 5) -> dict[str, Any
         log=LogSettings(access=False),
     )
     app = create_app(settings, parse_config(_CONFIG), upstream=MemoryUpstream(settings.upstream))
-    async with app.lifespan():  # (raised inside, an error would reach us wrapped in a group)
+    litestar = app.app  # the front door hands lifespan to Litestar; run it here without a server
+    assert isinstance(litestar, Litestar)
+    async with litestar.lifespan():  # (raised inside, an error would reach us wrapped in a group)
         complete, stream = _caller(app, False), _caller(app, True)
         problem = _problem(orjson.loads(await complete()), (await stream()).split(b"\n\n"))
         if problem is None:

@@ -20,7 +20,7 @@ class LocalEngineControl:
 
     def can_start(self, base_url: str) -> bool:
         m = self._by_url.get(base_url)
-        return m is not None and m.on_demand and m.state in ("stopped", "starting")
+        return m is not None and m.on_demand and m.state in ("stopped", "stopping", "starting")
 
     async def ensure_running(self, base_url: str, timeout: float) -> bool:
         m = self._by_url.get(base_url)

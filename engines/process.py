@@ -19,10 +19,12 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
+from engines.hostinfo import group_members
 from engines.limits import Limits, limits_for
 from engines.spec import EngineSpec
 
 _PR_SET_PDEATHSIG = 1
+_PROC = Path("/proc/self")
 
 
 class EngineStartError(RuntimeError):
@@ -153,10 +155,12 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """True while the group has a live member. Zombies do not count: an orphan's is reaped by
+    init, which may take seconds, or never when init does not reap (a container's PID 1)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return bool(group_members(pgid)) if _PROC.is_dir() else True

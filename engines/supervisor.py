@@ -44,7 +44,7 @@ class ManagedEngine:
     """One engine and what the supervisor knows about it."""
 
     process: EngineProcess
-    state: str = "stopped"  # stopped | starting | ready | backoff | failed
+    state: str = "stopped"  # stopped | starting | ready | backoff | stopping
     wanted: bool = False  # should be running
     restarts: int = 0
     last_exit: str | None = None
@@ -251,12 +251,15 @@ class Supervisor:
         m.backoff = min(BACKOFF_MAX, m.backoff * 2)
 
     def _stop_engine(self, m: ManagedEngine) -> None:
+        # Under the lock throughout: a start of this engine (an on-demand request) waits until
+        # the old process group is gone rather than finding it still alive and adopting it.
         with self._lock:
             m.wanted = False
-            m.state = "stopped"
+            m.state = "stopping"
             m.ready_since = None
             m.ready_event.clear()
-        m.process.stop()
+            m.process.stop()
+            m.state = "stopped"
 
     # --- control (thread-safe; used by the gateway's admin API and on-demand loading) ----------
     def ensure_running(self, name: str, timeout: float) -> bool:

@@ -45,6 +45,54 @@ def _const(value: object) -> Provide:
     return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
 
+class _Background:
+    """What runs beside the requests: DNS discovery, health probes, configuration reloads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: OffloadConfig,
+        router: Router,
+        monitor: HealthMonitor,
+        closing: tuple[ShadowSender, Upstream],
+    ) -> None:
+        self._settings = settings
+        self._needs_dns = bool(dns_names(config))
+        self._monitor = monitor
+        self._source = TableSource(config, router, monitor)
+        self._reloader = ConfigReloader(settings.config, self._source) if settings.config else None
+        self._closing = closing
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
+        """Start the background tasks once the first table is probed; stop and close them at exit."""
+        h, reloader = self._settings.health, self._reloader
+        if self._needs_dns:
+            await self._source.rebuild()  # discover replicas behind DNS names
+        await self._monitor.probe_all()  # know who is up before the first request
+        tasks: list[asyncio.Task[object]] = [
+            asyncio.create_task(self._monitor.run(), name="offload-health-monitor")
+        ]
+        if h.dns_interval:  # also picks up dns engines added by a reload
+            tasks.append(asyncio.create_task(self._source.watch_dns(h.dns_interval)))
+        if reloader is not None:
+            if self._settings.reload.watch_interval:
+                tasks.append(asyncio.create_task(reloader.watch(self._settings.reload.watch_interval)))
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(
+                    signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reloader.reload()))
+                )
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            shadows, upstream = self._closing
+            await shadows.close()
+            await upstream.close()
+
+
 def create_app(
     settings: Settings,
     config: OffloadConfig | None = None,
@@ -60,7 +108,7 @@ def create_app(
     """
     if config is None:
         config = load_config(settings.config)
-    h, up = settings.health, settings.upstream
+    h, up, max_body = settings.health, settings.upstream, settings.server.max_body_bytes
     breakers = Breakers(h.failure_threshold, h.cooldown, h.max_cooldown)
     loads = Loads()
     metrics = Metrics()
@@ -71,35 +119,7 @@ def create_app(
     failover = Failover(router, leases, metrics, on_demand, up.max_retries, up.request_timeout)
     shadows = ShadowSender(router, upstream, metrics, up.max_shadow_in_flight)
     monitor = HealthMonitor(lambda: router.table, breakers, loads, upstream, metrics, h)
-    source = TableSource(config, router, monitor)
-    reloader = ConfigReloader(settings.config, source) if settings.config else None
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        if dns_names(config):
-            await source.rebuild()  # discover replicas behind DNS names
-        await monitor.probe_all()  # know who is up before the first request
-        tasks: list[asyncio.Task[object]] = [
-            asyncio.create_task(monitor.run(), name="offload-health-monitor")
-        ]
-        if h.dns_interval:  # also picks up dns engines added by a reload
-            tasks.append(asyncio.create_task(source.watch_dns(h.dns_interval)))
-        if reloader is not None:
-            if settings.reload.watch_interval:
-                tasks.append(asyncio.create_task(reloader.watch(settings.reload.watch_interval)))
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop = asyncio.get_running_loop()
-                loop.add_signal_handler(
-                    signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reloader.reload()))
-                )
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await shadows.close()
-            await upstream.close()
+    background = _Background(settings, config, router, monitor, (shadows, upstream))
 
     app = Litestar(
         route_handlers=[ModelsController, OpsController, EnginesController],
@@ -110,19 +130,16 @@ def create_app(
             "started_at": _const(int(time.time())),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=[lifespan],
-        request_max_body_size=settings.server.max_body_bytes,
+        lifespan=[background.lifespan],
+        request_max_body_size=max_body,
         openapi_config=None,
         debug=False,
     )
+    chat = ChatService(router, failover, leases, upstream, metrics, shadows)
     hot = {
-        paths.CHAT_COMPLETIONS: chat_handler(
-            ChatService(router, failover, leases, upstream, metrics, shadows),
-            up.keepalive_interval,
-            settings.server.max_body_bytes,
-        ),
+        paths.CHAT_COMPLETIONS: chat_handler(chat, up.keepalive_interval, max_body),
         paths.EMBEDDINGS: embeddings_handler(
-            EmbeddingsService(router, failover, upstream, metrics), settings.server.max_body_bytes
+            EmbeddingsService(router, failover, upstream, metrics), max_body
         ),
     }
     # Litestar types its ASGI signature with its own TypedDicts: the same messages, typed narrower.

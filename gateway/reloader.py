@@ -21,7 +21,7 @@ _log = structlog.get_logger("offload.reload")
 
 
 class ConfigReloader:
-    """Reloads ``path`` into the dispatcher's route table."""
+    """Reloads ``path`` into the router's route table (through the table source)."""
 
     def __init__(self, path: Path, source: TableSource) -> None:
         self._path = path

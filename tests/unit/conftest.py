@@ -1,4 +1,5 @@
-"""Shared fixtures for unit tests: a small configuration, its route table and a dispatcher."""
+"""Shared fixtures for unit tests: a small configuration, its route table and the routing pieces over it
+(breakers, loads, router, leases, failover), wired as :func:`gateway.app.create_app` wires them."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ import pytest
 
 from gateway.config import EngineConfig, ModelConfig, OffloadConfig
 from gateway.metrics import Metrics
-from gateway.routing.health import HealthRegistry, State
-from gateway.routing.table import RouteTable
 from gateway.record import RequestRecord
-from gateway.services.dispatch import Dispatcher
+from gateway.routing.breaker import Breakers, State
+from gateway.routing.load import Loads
+from gateway.routing.router import Router
+from gateway.routing.table import RouteTable
+from gateway.services.failover import Failover
+from gateway.services.leases import Leases
 
-CHAT_URL = "http://10.1.2.3:9001"
-EMBED_URL = "http://10.1.2.3:9002"
+# Loopback addresses nothing listens on: unit tests never connect to them, and never name any other.
+CHAT_URL = "http://127.0.0.1:9"
+EMBED_URL = "http://127.0.0.1:19"
 RETRY_AFTER = 7
+MAX_RETRIES = 2
 
 
 @pytest.fixture
@@ -35,12 +41,17 @@ def table(config: OffloadConfig) -> RouteTable:
 
 
 @pytest.fixture
-def health(table: RouteTable) -> HealthRegistry:
+def breakers(table: RouteTable) -> Breakers:
     """Every replica UP."""
-    registry = HealthRegistry()
+    breakers = Breakers()
     for replica in table.replicas():
-        registry.mark(replica.id, State.UP)
-    return registry
+        breakers.mark(replica.id, State.UP)
+    return breakers
+
+
+@pytest.fixture
+def loads() -> Loads:
+    return Loads()
 
 
 @pytest.fixture
@@ -49,8 +60,20 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-def dispatcher(table: RouteTable, health: HealthRegistry, metrics: Metrics) -> Dispatcher:
-    return Dispatcher(table, health, metrics, retry_after=RETRY_AFTER)
+def router(table: RouteTable, breakers: Breakers, loads: Loads) -> Router:
+    return Router(table, breakers, loads, retry_after=RETRY_AFTER)
+
+
+@pytest.fixture
+def leases(breakers: Breakers, loads: Loads) -> Leases:
+    """Without engine control (``offload serve``)."""
+    return Leases(breakers, loads, None, retry_after=RETRY_AFTER)
+
+
+@pytest.fixture
+def failover(router: Router, leases: Leases, metrics: Metrics) -> Failover:
+    """Without on-demand engines."""
+    return Failover(router, leases, metrics, None, max_retries=MAX_RETRIES, deadline=600.0)
 
 
 @pytest.fixture

@@ -1,16 +1,25 @@
-"""Test doubles for the engine side of the gateway (no network, no engines)."""
+"""Test doubles for the engine side of the gateway (no network, no engines), and the routing pieces
+wired together as :func:`gateway.app.create_app` wires them."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import orjson
 
-from gateway.routing.table import Replica
+from gateway.metrics import Metrics
+from gateway.routing.breaker import Breakers
+from gateway.routing.load import Loads
+from gateway.routing.router import Router
+from gateway.routing.table import Replica, RouteTable
+from gateway.services.failover import Failover
+from gateway.services.leases import Leases
+from gateway.services.on_demand import OnDemand
+from gateway.settings import UpstreamSettings
 from gateway.upstream import EventStream, UpstreamReply
 
 
@@ -64,26 +73,32 @@ def usage_chunk(prompt: int, completion: int, model: str = "engine-chat") -> dic
     }
 
 
+Item = dict[str, Any] | bytes | BaseException | None
+"""One scripted step of a :class:`FakeEventStream`."""
+
+
 class FakeEventStream(EventStream):
     """A :class:`gateway.upstream.EventStream` without a connection: scripted payloads plus ``close()``.
 
     Items are dicts (sent as JSON), raw bytes (sent as is), exceptions (raised at that point) or
-    ``None`` (wait forever, like a silent engine).
+    ``None`` (wait forever, like a silent engine; ``silent`` is set when it gets there).
     """
 
-    def __init__(self, items: Iterable[dict[str, Any] | bytes | BaseException | None]) -> None:
+    def __init__(self, items: Iterable[Item]) -> None:
         # No super().__init__(): there is no aiohttp response behind this stream.
         self._items = list(items)
         self.started = False
         self.finished = False
         self.close_calls = 0
         self.cancelled = False
+        self.silent = asyncio.Event()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self.started = True
         try:
             for item in self._items:
                 if item is None:
+                    self.silent.set()
                     await asyncio.Event().wait()
                 elif isinstance(item, BaseException):
                     raise item
@@ -148,3 +163,103 @@ class FakeUpstream:
     def sent(self) -> dict[str, Any]:
         """The JSON body of the last call."""
         return self.calls[-1][2]
+
+
+class FakeEngines:
+    """An :class:`gateway.services.engine_control.EngineControl` whose engines start (or not) as told.
+
+    ``gate``: ``ensure_running`` waits for it before answering (a slow load). ``loading`` is set once
+    a load has begun; ``cancelled`` counts loads abandoned while waiting.
+    """
+
+    def __init__(self, startable: set[str], starts: bool = True, gate: asyncio.Event | None = None) -> None:
+        self.startable = startable
+        self.starts = starts
+        self.gate = gate
+        self.started: list[str] = []
+        self.timeouts: list[float] = []
+        self.active: dict[str, int] = {}
+        self.loading = asyncio.Event()
+        self.cancelled = 0
+
+    def can_start(self, base_url: str) -> bool:
+        return base_url in self.startable
+
+    async def ensure_running(self, base_url: str, timeout: float) -> bool:
+        self.started.append(base_url)
+        self.timeouts.append(timeout)
+        self.loading.set()
+        if self.gate is not None:
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        if self.starts:
+            self.startable.discard(base_url)
+        return self.starts
+
+    def begin(self, base_url: str) -> None:
+        self.active[base_url] = self.active.get(base_url, 0) + 1
+
+    def end(self, base_url: str) -> None:
+        self.active[base_url] -= 1
+
+    def describe(self) -> list[dict[str, Any]]:
+        return []
+
+    async def act(self, name: str, action: str) -> None:
+        raise KeyError(name)
+
+    def log_tail(self, name: str, lines: int) -> list[str]:
+        raise KeyError(name)
+
+
+@dataclasses.dataclass
+class Wiring:
+    """The routing pieces over one table, sharing one set of breakers and loads."""
+
+    breakers: Breakers
+    loads: Loads
+    router: Router
+    leases: Leases
+    failover: Failover
+    on_demand: OnDemand | None
+
+
+def wire(
+    table: RouteTable,
+    metrics: Metrics,
+    *,
+    breakers: Breakers | None = None,
+    engines: FakeEngines | None = None,
+    retry_after: int = 1,
+    max_retries: int = 2,
+    deadline: float = 600.0,
+    on_demand_wait: float = 600.0,
+    on_demand_max_waiting: int = 256,
+) -> Wiring:
+    """Breakers (default: every replica UNKNOWN), loads, router, leases, failover and, with
+    ``engines``, on-demand starts, wired as the app wires them."""
+    breakers = breakers or Breakers()
+    loads = Loads()
+    router = Router(table, breakers, loads, retry_after)
+    leases = Leases(breakers, loads, engines, retry_after)
+    on_demand = None
+    if engines is not None:
+        settings = UpstreamSettings(
+            on_demand_wait=on_demand_wait, on_demand_max_waiting=on_demand_max_waiting
+        )
+        on_demand = OnDemand(router, engines, settings, retry_after)
+    failover = Failover(router, leases, metrics, on_demand, max_retries, deadline)
+    return Wiring(breakers, loads, router, leases, failover, on_demand)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 2.0, what: str = "a condition") -> None:
+    """Wait until ``condition()`` holds, polling the event loop; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.001)

@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
 
 import pytest
 
 from gateway.metrics import Metrics
 from gateway.monitor import HealthMonitor, parse_engine_load
-from gateway.routing.health import HealthRegistry, State
+from gateway.routing.breaker import Breakers, State
+from gateway.routing.load import Loads
 from gateway.routing.table import RouteTable
 from gateway.settings import HealthSettings
 from gateway.upstream import ProbeResult
 from tests.unit.conftest import CHAT_URL, EMBED_URL
+from tests.unit.fakes import eventually
 from tests.unit.samples import metric_total
 
 
@@ -35,82 +39,91 @@ class ScriptedProbes:
         return self._pages.get(base_url)
 
 
-def monitor(
-    table: RouteTable, probes: ScriptedProbes, threshold: int = 3, cooldown: float = 60.0
-) -> tuple[HealthMonitor, HealthRegistry, Metrics]:
-    registry, metrics = HealthRegistry(threshold, cooldown), Metrics()
+@dataclass
+class Watched:
+    """A health monitor and what it feeds."""
+
+    monitor: HealthMonitor
+    breakers: Breakers
+    loads: Loads
+    metrics: Metrics
+
+
+def monitor(table: RouteTable, probes: ScriptedProbes, threshold: int = 3, cooldown: float = 60.0) -> Watched:
+    breakers, loads, metrics = Breakers(threshold, cooldown), Loads(), Metrics()
     settings = HealthSettings(failure_threshold=threshold)
-    return HealthMonitor(lambda: table, registry, probes, metrics, settings), registry, metrics  # type: ignore[arg-type]
+    health_monitor = HealthMonitor(lambda: table, breakers, loads, probes, metrics, settings)  # type: ignore[arg-type]
+    return Watched(health_monitor, breakers, loads, metrics)
 
 
-async def probe_states(health_monitor: HealthMonitor, registry: HealthRegistry, rounds: int) -> list[State]:
+async def probe_states(watched: Watched, rounds: int) -> list[State]:
     states = []
     for _ in range(rounds):
-        await health_monitor.probe_all()
-        states.append(registry.state("chat-0"))
+        await watched.monitor.probe_all()
+        states.append(watched.breakers.state("chat-0"))
     return states
 
 
 async def test_probe_all_marks_answering_engines_up_and_refused_ones_down(table: RouteTable) -> None:
     probes = ScriptedProbes({CHAT_URL: [ProbeResult.OK], EMBED_URL: [ProbeResult.REFUSED]})
-    health_monitor, registry, metrics = monitor(table, probes)
+    w = monitor(table, probes)
 
-    await health_monitor.probe_all()
+    await w.monitor.probe_all()
 
     assert sorted(probes.probed) == sorted([CHAT_URL, EMBED_URL])
-    assert registry.state("chat-0") is State.UP
-    assert registry.state("embed-0") is State.DOWN
-    assert metric_total(metrics, "offload_replica_up", model="chat", replica="chat-0") == 1
-    assert metric_total(metrics, "offload_replica_up", model="embed", replica="embed-0") == 0
+    assert w.breakers.state("chat-0") is State.UP
+    assert w.breakers.state("embed-0") is State.DOWN
+    assert metric_total(w.metrics, "offload_replica_up", model="chat", replica="chat-0") == 1
+    assert metric_total(w.metrics, "offload_replica_up", model="embed", replica="embed-0") == 0
 
 
 async def test_probe_all_can_probe_only_some_replicas(table: RouteTable) -> None:
     probes = ScriptedProbes({CHAT_URL: [ProbeResult.OK], EMBED_URL: [ProbeResult.OK]})
-    health_monitor, registry, _ = monitor(table, probes)
+    w = monitor(table, probes)
 
-    await health_monitor.probe_all(table.replicas()[:1])
+    await w.monitor.probe_all(table.replicas()[:1])
 
     assert probes.probed == [CHAT_URL]
-    assert registry.state("embed-0") is State.UNKNOWN
+    assert w.breakers.state("embed-0") is State.UNKNOWN
 
 
 async def test_a_slow_engine_stays_up_until_failures_reach_the_threshold(table: RouteTable) -> None:
     failed = [ProbeResult.OK, ProbeResult.FAILED, ProbeResult.FAILED, ProbeResult.FAILED]
     probes = ScriptedProbes({CHAT_URL: failed, EMBED_URL: [ProbeResult.OK]})
-    health_monitor, registry, _ = monitor(table, probes, threshold=3)
+    w = monitor(table, probes, threshold=3)
 
-    assert await probe_states(health_monitor, registry, 4) == [State.UP, State.UP, State.UP, State.DOWN]
+    assert await probe_states(w, 4) == [State.UP, State.UP, State.UP, State.DOWN]
 
 
 async def test_a_success_resets_the_failure_count(table: RouteTable) -> None:
     script = [ProbeResult.OK, ProbeResult.FAILED, ProbeResult.OK, ProbeResult.FAILED, ProbeResult.OK]
     probes = ScriptedProbes({CHAT_URL: script, EMBED_URL: [ProbeResult.OK]})
-    health_monitor, registry, _ = monitor(table, probes, threshold=2)
+    w = monitor(table, probes, threshold=2)
 
-    assert await probe_states(health_monitor, registry, 5) == [State.UP] * 5
+    assert await probe_states(w, 5) == [State.UP] * 5
 
 
 async def test_a_refused_connection_takes_an_up_engine_out_at_once(table: RouteTable) -> None:
     probes = ScriptedProbes({CHAT_URL: [ProbeResult.OK, ProbeResult.REFUSED], EMBED_URL: [ProbeResult.OK]})
-    health_monitor, registry, _ = monitor(table, probes, threshold=5)
+    w = monitor(table, probes, threshold=5)
 
-    assert await probe_states(health_monitor, registry, 2) == [State.UP, State.DOWN]
+    assert await probe_states(w, 2) == [State.UP, State.DOWN]
 
 
 async def test_a_starting_engine_that_fails_probes_never_gets_traffic(table: RouteTable) -> None:
     probes = ScriptedProbes({CHAT_URL: [ProbeResult.FAILED], EMBED_URL: [ProbeResult.OK]})
-    health_monitor, registry, _ = monitor(table, probes, threshold=2)
+    w = monitor(table, probes, threshold=2)
 
     for _ in range(4):
-        await health_monitor.probe_all()
-        assert registry.available("chat-0") is False
+        await w.monitor.probe_all()
+        assert w.breakers.available("chat-0") is False
 
 
 async def test_a_down_engine_is_not_probed_back_before_its_cooldown(table: RouteTable) -> None:
     probes = ScriptedProbes({CHAT_URL: [ProbeResult.REFUSED, ProbeResult.OK], EMBED_URL: [ProbeResult.OK]})
-    health_monitor, registry, _ = monitor(table, probes, cooldown=60)
+    w = monitor(table, probes, cooldown=60)
 
-    assert await probe_states(health_monitor, registry, 3) == [State.DOWN, State.DOWN, State.DOWN]
+    assert await probe_states(w, 3) == [State.DOWN, State.DOWN, State.DOWN]
 
 
 @pytest.mark.parametrize(("result", "serving"), [(ProbeResult.OK, True), (ProbeResult.REFUSED, False)])
@@ -118,14 +131,15 @@ async def test_a_down_engine_comes_back_only_on_an_ok_probe_after_the_cooldown(
     table: RouteTable, result: ProbeResult, serving: bool
 ) -> None:
     probes = ScriptedProbes({CHAT_URL: [ProbeResult.REFUSED, result], EMBED_URL: [ProbeResult.OK]})
-    health_monitor, registry, metrics = monitor(table, probes, cooldown=0.01)
+    w = monitor(table, probes, cooldown=0.01)
 
-    await health_monitor.probe_all()
-    await asyncio.sleep(0.03)
-    await health_monitor.probe_all()
+    await w.monitor.probe_all()
+    open_until = w.breakers.snapshot("chat-0").open_until
+    await eventually(lambda: time.monotonic() >= open_until, what="the end of the cooldown")
+    await w.monitor.probe_all()
 
-    assert registry.is_up("chat-0") is serving
-    assert metric_total(metrics, "offload_replica_up", replica="chat-0") == (1 if serving else 0)
+    assert w.breakers.is_up("chat-0") is serving
+    assert metric_total(w.metrics, "offload_replica_up", replica="chat-0") == (1 if serving else 0)
 
 
 VLLM_METRICS = """\
@@ -158,26 +172,63 @@ async def test_scrape_all_feeds_engine_load_of_serving_replicas_only(table: Rout
         {CHAT_URL: [ProbeResult.OK], EMBED_URL: [ProbeResult.REFUSED]},
         pages={CHAT_URL: VLLM_METRICS, EMBED_URL: VLLM_METRICS},
     )
-    health_monitor, registry, _ = monitor(table, probes)
-    await health_monitor.probe_all()
+    w = monitor(table, probes)
+    await w.monitor.probe_all()
 
-    await health_monitor.scrape_all()
+    await w.monitor.scrape_all()
 
     assert probes.scraped == [CHAT_URL + "/metrics"]
-    assert registry.snapshot("chat-0").engine_waiting == 5.0
-    assert registry.load("chat-0") == 5.0
+    assert w.loads.snapshot("chat-0").engine_waiting == 5.0
+    assert w.loads.load("chat-0") == 5.0
 
 
 async def test_scrape_all_keeps_the_last_figures_when_a_page_is_missing_or_garbage(table: RouteTable) -> None:
     pages: dict[str, str | None] = {CHAT_URL: VLLM_METRICS}
     probes = ScriptedProbes({CHAT_URL: [ProbeResult.OK], EMBED_URL: [ProbeResult.OK]}, pages=pages)
-    health_monitor, registry, _ = monitor(table, probes)
-    await health_monitor.probe_all()
-    await health_monitor.scrape_all()
+    w = monitor(table, probes)
+    await w.monitor.probe_all()
+    await w.monitor.scrape_all()
 
     pages[CHAT_URL] = "this is { not prometheus"
-    await health_monitor.scrape_all()
+    await w.monitor.scrape_all()
     pages[CHAT_URL] = None
-    await health_monitor.scrape_all()
+    await w.monitor.scrape_all()
 
-    assert registry.snapshot("chat-0").engine_waiting == 5.0
+    assert w.loads.snapshot("chat-0").engine_waiting == 5.0
+
+
+async def test_probe_all_publishes_the_gateways_in_flight_count(table: RouteTable) -> None:
+    probes = ScriptedProbes({CHAT_URL: [ProbeResult.OK], EMBED_URL: [ProbeResult.OK]})
+    w = monitor(table, probes)
+    w.loads.begin("chat-0")
+    w.loads.begin("chat-0")
+
+    await w.monitor.probe_all()
+
+    assert metric_total(w.metrics, "offload_replica_in_flight", replica="chat-0") == 2
+    assert metric_total(w.metrics, "offload_replica_in_flight", replica="embed-0") == 0
+
+
+@pytest.mark.parametrize(("scrape_interval", "scrapes"), [(0.001, True), (0.0, False)])
+async def test_run_probes_on_its_interval_and_scrapes_when_enabled(
+    table: RouteTable, scrape_interval: float, scrapes: bool
+) -> None:
+    probes = ScriptedProbes(
+        {CHAT_URL: [ProbeResult.OK], EMBED_URL: [ProbeResult.OK]}, pages={CHAT_URL: VLLM_METRICS}
+    )
+    breakers, loads, metrics = Breakers(), Loads(), Metrics()
+    settings = HealthSettings(probe_interval=0.001, scrape_interval=scrape_interval)
+    health_monitor = HealthMonitor(lambda: table, breakers, loads, probes, metrics, settings)  # type: ignore[arg-type]
+
+    task = asyncio.create_task(health_monitor.run())
+    try:
+        await eventually(lambda: probes.probed.count(CHAT_URL) >= 3, what="three probe rounds")
+        if scrapes:
+            await eventually(lambda: loads.load("chat-0") == 5.0, what="a scrape")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    assert breakers.state("chat-0") is State.UP
+    assert bool(probes.scraped) is scrapes

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.errors import EngineError, EngineTimeoutError
+from gateway.errors import EngineConnectError, EngineError, EngineTimeoutError
 from gateway.settings import UpstreamSettings
 from gateway.upstream import EventStream, ProbeResult, Upstream, UpstreamReply
-from gateway.errors import EngineConnectError
 from tests.unit.fakes import closed_port
 
 
 class ScriptedContent:
-    def __init__(self, chunks: list[bytes | BaseException | None]) -> None:
+    def __init__(self, chunks: Sequence[bytes | BaseException | None]) -> None:
         self._chunks = list(chunks)
 
     async def readany(self) -> bytes:
@@ -35,7 +34,7 @@ class ScriptedContent:
 class ScriptedResponse:
     """Only what EventStream uses of an aiohttp response."""
 
-    def __init__(self, chunks: list[bytes | BaseException | None]) -> None:
+    def __init__(self, chunks: Sequence[bytes | BaseException | None]) -> None:
         self.content = ScriptedContent(chunks)
         self.closed = False
         self.released = False
@@ -48,7 +47,7 @@ class ScriptedResponse:
 
 
 def event_stream(
-    chunks: list[bytes | BaseException | None], idle: float = 5.0
+    chunks: Sequence[bytes | BaseException | None], idle: float = 5.0
 ) -> tuple[EventStream, ScriptedResponse]:
     response = ScriptedResponse(chunks)
     return EventStream(response, idle), response  # type: ignore[arg-type]

@@ -11,10 +11,12 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from gateway.api.front import FrontDoor
+
 from gateway.app import create_app
 from gateway.config import EngineConfig, ModelConfig, OffloadConfig
-from gateway.routing.health import HealthRegistry, State
-from gateway.services.dispatch import Dispatcher
+from gateway.routing.breaker import State
+from gateway.routing.router import Router
 from gateway.settings import HealthSettings, LogSettings, ServerSettings, Settings
 from tests.unit.fakes import closed_port
 from tests.unit.samples import exposition_total
@@ -30,7 +32,7 @@ def port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app(port: int) -> Litestar:
+def app(port: int) -> FrontDoor:
     settings = Settings(
         server=ServerSettings(max_body_bytes=MAX_BODY),
         # A long interval: only the start-up probe runs during these tests.
@@ -49,16 +51,17 @@ def app(port: int) -> Litestar:
 
 
 @pytest.fixture(scope="module")
-async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def client(app: FrontDoor) -> AsyncIterator[AsyncTestClient[FrontDoor]]:
     async with AsyncTestClient(app=app) as client:
         yield client
 
 
-def health_registry(app: Litestar) -> HealthRegistry:
-    """The app's replica health (white box: the only way to fake an engine coming up)."""
-    dispatcher = app.dependencies["dispatcher"].dependency()
-    assert isinstance(dispatcher, Dispatcher)
-    return dispatcher.health
+def app_router(app: FrontDoor) -> Router:
+    """The app's router (white box: the only way to fake an engine coming up)."""
+    assert isinstance(app.app, Litestar)
+    router = app.app.dependencies["router"].dependency()
+    assert isinstance(router, Router)
+    return router
 
 
 def assert_openai_error(body: dict[str, Any], type_: str, code: str | None) -> None:
@@ -72,14 +75,14 @@ def assert_openai_error(body: dict[str, Any], type_: str, code: str | None) -> N
 # --- operations ----------------------------------------------------------------------------------
 
 
-async def test_health_is_200_while_the_process_serves(client: AsyncTestClient[Litestar]) -> None:
+async def test_health_is_200_while_the_process_serves(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.get("/health")
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
 
-async def test_ready_is_503_naming_models_without_a_healthy_engine(client: AsyncTestClient[Litestar]) -> None:
+async def test_ready_is_503_naming_models_without_a_healthy_engine(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.get("/ready")
 
     assert response.status_code == 503
@@ -87,28 +90,28 @@ async def test_ready_is_503_naming_models_without_a_healthy_engine(client: Async
 
 
 async def test_startup_probe_marks_an_engine_on_a_closed_port_down(
-    client: AsyncTestClient[Litestar], app: Litestar
+    client: AsyncTestClient[FrontDoor], app: FrontDoor
 ) -> None:
-    registry = health_registry(app)
+    router = app_router(app)
 
-    assert registry.state("chat-0") is State.DOWN
-    assert registry.state("embed-0") is State.DOWN
+    assert router.breakers.state("chat-0") is State.DOWN
+    assert router.breakers.state("embed-0") is State.DOWN
 
 
 async def test_ready_is_200_and_degraded_while_some_model_can_be_served(
-    client: AsyncTestClient[Litestar], app: Litestar
+    client: AsyncTestClient[FrontDoor], app: FrontDoor
 ) -> None:
-    registry = health_registry(app)
+    router = app_router(app)
     try:
-        registry.mark("chat-0", State.UP)
+        router.breakers.mark("chat-0", State.UP)
         partly = await client.get("/ready")
         partly_all = await client.get("/ready", params={"all": "true"})
-        registry.mark("embed-0", State.UP)
+        router.breakers.mark("embed-0", State.UP)
         ready = await client.get("/ready")
         ready_all = await client.get("/ready", params={"all": "true"})
     finally:
-        registry.mark("chat-0", State.DOWN)
-        registry.mark("embed-0", State.DOWN)
+        router.breakers.mark("chat-0", State.DOWN)
+        router.breakers.mark("embed-0", State.DOWN)
 
     assert partly.status_code == 200
     assert partly.json() == {"status": "degraded", "models": {"chat": True, "embed": False}}
@@ -118,7 +121,7 @@ async def test_ready_is_200_and_degraded_while_some_model_can_be_served(
     assert ready.json() == {"status": "ready", "models": {"chat": True, "embed": True}}
 
 
-async def test_models_list_has_the_openai_shape(client: AsyncTestClient[Litestar]) -> None:
+async def test_models_list_has_the_openai_shape(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.get("/v1/models")
 
     assert response.status_code == 200
@@ -131,7 +134,7 @@ async def test_models_list_has_the_openai_shape(client: AsyncTestClient[Litestar
         assert isinstance(card["created"], int) and card["created"] > 0
 
 
-async def test_one_model_is_retrievable_and_an_unknown_one_is_404(client: AsyncTestClient[Litestar]) -> None:
+async def test_one_model_is_retrievable_and_an_unknown_one_is_404(client: AsyncTestClient[FrontDoor]) -> None:
     found = await client.get("/v1/models/embed")
     missing = await client.get("/v1/models/gpt-4")
 
@@ -144,7 +147,7 @@ async def test_one_model_is_retrievable_and_an_unknown_one_is_404(client: AsyncT
 # --- request errors ------------------------------------------------------------------------------
 
 
-async def test_malformed_json_is_a_400_in_openai_shape(client: AsyncTestClient[Litestar]) -> None:
+async def test_malformed_json_is_a_400_in_openai_shape(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.post(
         "/v1/chat/completions", content=b'{"model": "chat",', headers={"Content-Type": "application/json"}
     )
@@ -154,7 +157,7 @@ async def test_malformed_json_is_a_400_in_openai_shape(client: AsyncTestClient[L
     assert_openai_error(response.json(), "invalid_request_error", "invalid_json")
 
 
-async def test_schema_violation_is_a_400_naming_the_field(client: AsyncTestClient[Litestar]) -> None:
+async def test_schema_violation_is_a_400_naming_the_field(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.post("/v1/chat/completions", json={**CHAT, "temperature": 5})
 
     assert response.status_code == 400
@@ -162,7 +165,7 @@ async def test_schema_violation_is_a_400_naming_the_field(client: AsyncTestClien
     assert response.json()["error"]["param"] == "temperature"
 
 
-async def test_unknown_model_is_a_404_model_not_found(client: AsyncTestClient[Litestar]) -> None:
+async def test_unknown_model_is_a_404_model_not_found(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-4"})
 
     assert response.status_code == 404
@@ -170,35 +173,35 @@ async def test_unknown_model_is_a_404_model_not_found(client: AsyncTestClient[Li
     assert response.json()["error"]["param"] == "model"
 
 
-async def test_embedding_with_a_chat_model_is_a_400(client: AsyncTestClient[Litestar]) -> None:
+async def test_embedding_with_a_chat_model_is_a_400(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.post("/v1/embeddings", json={"model": "chat", "input": "x"})
 
     assert response.status_code == 400
     assert_openai_error(response.json(), "invalid_request_error", "invalid_request")
 
 
-async def test_empty_embedding_input_is_a_400(client: AsyncTestClient[Litestar]) -> None:
+async def test_empty_embedding_input_is_a_400(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.post("/v1/embeddings", json={"model": "embed", "input": []})
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "input"
 
 
-async def test_unknown_route_is_a_404_in_openai_shape(client: AsyncTestClient[Litestar]) -> None:
+async def test_unknown_route_is_a_404_in_openai_shape(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.get("/v1/completions/nothing-here")
 
     assert response.status_code == 404
     assert_openai_error(response.json(), "invalid_request_error", "not_found")
 
 
-async def test_wrong_method_is_a_405_in_openai_shape(client: AsyncTestClient[Litestar]) -> None:
+async def test_wrong_method_is_a_405_in_openai_shape(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.get("/v1/chat/completions")
 
     assert response.status_code == 405
     assert_openai_error(response.json(), "invalid_request_error", "method_not_allowed")
 
 
-async def test_body_over_the_limit_is_a_413(client: AsyncTestClient[Litestar]) -> None:
+async def test_body_over_the_limit_is_a_413(client: AsyncTestClient[FrontDoor]) -> None:
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * (MAX_BODY * 2)}]}
 
     response = await client.post("/v1/chat/completions", json=big)
@@ -207,7 +210,7 @@ async def test_body_over_the_limit_is_a_413(client: AsyncTestClient[Litestar]) -
     assert_openai_error(response.json(), "invalid_request_error", "request_too_large")
 
 
-async def test_body_just_under_the_limit_is_read(client: AsyncTestClient[Litestar]) -> None:
+async def test_body_just_under_the_limit_is_read(client: AsyncTestClient[FrontDoor]) -> None:
     filler = "x" * (MAX_BODY - 200)
     body = orjson.dumps({**CHAT, "model": "gpt-4", "messages": [{"role": "user", "content": filler}]})
     assert len(body) < MAX_BODY
@@ -222,7 +225,7 @@ async def test_body_just_under_the_limit_is_read(client: AsyncTestClient[Litesta
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_chat_without_a_healthy_engine_is_503_with_retry_after(
-    client: AsyncTestClient[Litestar], port: int, stream: bool
+    client: AsyncTestClient[FrontDoor], port: int, stream: bool
 ) -> None:
     response = await client.post("/v1/chat/completions", json={**CHAT, "stream": stream})
 
@@ -243,15 +246,15 @@ async def test_chat_without_a_healthy_engine_is_503_with_retry_after(
     ],
 )
 async def test_engine_believed_up_but_unreachable_is_503_and_marked_down(
-    client: AsyncTestClient[Litestar],
-    app: Litestar,
+    client: AsyncTestClient[FrontDoor],
+    app: FrontDoor,
     port: int,
     path: str,
     payload: dict[str, Any],
     replica: str,
 ) -> None:
-    registry = health_registry(app)
-    registry.mark(replica, State.UP)
+    router = app_router(app)
+    router.breakers.mark(replica, State.UP)
 
     response = await client.post(path, json=payload)
 
@@ -260,20 +263,20 @@ async def test_engine_believed_up_but_unreachable_is_503_and_marked_down(
     assert_openai_error(response.json(), "server_error", "engine_unavailable")
     assert "127.0.0.1" not in response.text
     assert str(port) not in response.text
-    assert registry.state(replica) is State.DOWN
-    assert registry.in_flight(replica) == 0
+    assert router.breakers.state(replica) is State.DOWN
+    assert router.loads.in_flight(replica) == 0
 
 
 # --- request ids and metrics ---------------------------------------------------------------------
 
 
-async def test_request_id_is_echoed_when_sent(client: AsyncTestClient[Litestar]) -> None:
+async def test_request_id_is_echoed_when_sent(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.get("/v1/models", headers={"X-Request-Id": "trace-abc-123"})
 
     assert response.headers["x-request-id"] == "trace-abc-123"
 
 
-async def test_request_id_is_generated_when_not_sent(client: AsyncTestClient[Litestar]) -> None:
+async def test_request_id_is_generated_when_not_sent(client: AsyncTestClient[FrontDoor]) -> None:
     first = await client.get("/v1/models")
     second = await client.get("/v1/models")
 
@@ -281,20 +284,20 @@ async def test_request_id_is_generated_when_not_sent(client: AsyncTestClient[Lit
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
 
 
-async def test_request_id_is_echoed_on_errors_too(client: AsyncTestClient[Litestar]) -> None:
+async def test_request_id_is_echoed_on_errors_too(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.post("/v1/chat/completions", content=b"{", headers={"X-Request-Id": "err-1"})
 
     assert response.status_code == 400
     assert response.headers["x-request-id"] == "err-1"
 
 
-async def test_overlong_request_id_is_truncated(client: AsyncTestClient[Litestar]) -> None:
+async def test_overlong_request_id_is_truncated(client: AsyncTestClient[FrontDoor]) -> None:
     response = await client.get("/v1/models", headers={"X-Request-Id": "a" * 500})
 
     assert response.headers["x-request-id"] == "a" * 128
 
 
-async def test_metrics_count_requests_by_configured_model_only(client: AsyncTestClient[Litestar]) -> None:
+async def test_metrics_count_requests_by_configured_model_only(client: AsyncTestClient[FrontDoor]) -> None:
     endpoint = "/v1/chat/completions"
 
     async def counts() -> tuple[float, float]:
@@ -320,7 +323,7 @@ async def test_metrics_count_requests_by_configured_model_only(client: AsyncTest
     assert exposition_total(response.text, "offload_requests_in_flight", model="chat") == 0
 
 
-async def test_probes_and_scrapes_are_not_counted_as_requests(client: AsyncTestClient[Litestar]) -> None:
+async def test_probes_and_scrapes_are_not_counted_as_requests(client: AsyncTestClient[FrontDoor]) -> None:
     await client.get("/health")
     await client.get("/ready")
 
@@ -333,7 +336,7 @@ async def test_probes_and_scrapes_are_not_counted_as_requests(client: AsyncTestC
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/v1/nothing-here"), ("GET", "/v1/chat/completions")])
 async def test_request_id_is_echoed_on_routing_errors(
-    client: AsyncTestClient[Litestar], method: str, path: str
+    client: AsyncTestClient[FrontDoor], method: str, path: str
 ) -> None:
     response = await client.request(method, path, headers={"X-Request-Id": "route-err"})
 
@@ -358,7 +361,7 @@ async def test_a_model_name_with_a_slash_is_retrievable(port: int) -> None:
     assert response.json()["id"] == "Org/chat-1"
 
 
-async def test_paths_clients_make_up_do_not_become_metric_labels(client: AsyncTestClient[Litestar]) -> None:
+async def test_paths_clients_make_up_do_not_become_metric_labels(client: AsyncTestClient[FrontDoor]) -> None:
     await client.get("/v1/made-up-path-1234")
     await client.get("/v1/models/made-up-model-5678")
 

@@ -85,3 +85,17 @@ STUBBORN = (
     "print('ignoring SIGTERM', flush=True)\n"
     "time.sleep(60)\n"
 )
+
+# Answers /health; on SIGTERM lingers half a second before it exits (an engine shutting down).
+LINGERING = (
+    "import http.server, os, signal, sys, threading\n"
+    "class Health(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200)\n"
+    "        self.end_headers()\n"
+    "    def log_message(self, *args):\n"
+    "        pass\n"
+    "server = http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), Health)\n"
+    "signal.signal(signal.SIGTERM, lambda *_: threading.Timer(0.5, os._exit, (0,)).start())\n"
+    "server.serve_forever()\n"
+)

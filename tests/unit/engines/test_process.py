@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -16,6 +18,8 @@ from engines.hostinfo import group_members
 from engines.process import EngineProcess, EngineStartError
 from engines.spec import EngineSpec
 from tests.unit.engines.local import FAMILY, STUBBORN, script, sim, wait_until
+
+PR_SET_CHILD_SUBREAPER = 36
 
 
 @pytest.fixture
@@ -110,6 +114,36 @@ def test_stop_ends_the_whole_process_group_with_sigterm(started: list[EngineProc
     assert time.monotonic() - begun < 5  # SIGTERM sufficed: no wait for the grace
     assert group_members(pid) == []
     assert proc.pid is None and proc.exit_code() is None
+
+
+def test_stop_does_not_wait_for_zombies_that_nobody_reaps(
+    started: list[EngineProcess], tmp_path: Path
+) -> None:
+    # Orphans go to a reaper that may never reap them (a container's PID 1); here, this process.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+    helper = None
+    try:
+        proc = start(started, script(FAMILY), tmp_path / "e.log")
+        wait_started(proc)
+        pid = proc.pid
+        assert pid is not None
+        helper = next(p for p in group_members(pid) if p != pid)
+
+        begun = time.monotonic()
+        proc.stop(grace=3)
+
+        assert time.monotonic() - begun < 2
+        assert _state(helper) == "Z"  # still there, dead, in the group
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0)
+        if helper is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(helper, 0)
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_stop_kills_what_ignores_sigterm_after_the_grace(

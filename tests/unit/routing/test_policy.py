@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.routing.health import HealthRegistry
+from gateway.routing.load import Loads
 from gateway.routing.policy import LeastOutstanding
 from tests.unit.fakes import replica
 
@@ -19,25 +19,25 @@ from tests.unit.fakes import replica
     ],
 )
 def test_least_outstanding_picks_the_fewest_in_flight(in_flight: dict[str, int], expected: str) -> None:
-    health = HealthRegistry()
+    loads = Loads()
     for rid, count in in_flight.items():
         for _ in range(count):
-            health.begin(rid)
+            loads.begin(rid)
 
-    chosen = LeastOutstanding(health).choose([replica(rid) for rid in in_flight])
+    chosen = LeastOutstanding(loads).choose([replica(rid) for rid in in_flight])
 
     assert chosen.id == expected
 
 
 def test_least_outstanding_follows_load_as_it_changes() -> None:
-    health = HealthRegistry()
-    policy = LeastOutstanding(health)
+    loads = Loads()
+    policy = LeastOutstanding(loads)
     candidates = [replica("a"), replica("b")]
 
     picks = []
     for _ in range(4):
         chosen = policy.choose(candidates)
-        health.begin(chosen.id)
+        loads.begin(chosen.id)
         picks.append(chosen.id)
 
     assert picks == ["a", "b", "a", "b"]

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.routing.health import HealthRegistry, State
+from gateway.routing.load import Loads
 from gateway.routing.policy import LeastOutstanding, PrefixAffinity, RoundRobin, make_policy
 from gateway.routing.table import Replica
 
@@ -17,16 +17,15 @@ def _replicas(n: int) -> list[Replica]:
     ]
 
 
-def _health(
+def _loads(
     replicas: list[Replica], in_flight: dict[str, int] | None = None, waiting: dict[str, float] | None = None
-) -> HealthRegistry:
-    health = HealthRegistry()
+) -> Loads:
+    loads = Loads()
     for r in replicas:
-        health.mark(r.id, State.UP)
         for _ in range((in_flight or {}).get(r.id, 0)):
-            health.begin(r.id)
-        health.engine_load(r.id, (waiting or {}).get(r.id, 0.0), 0.0, 0.0)
-    return health
+            loads.begin(r.id)
+        loads.engine_load(r.id, (waiting or {}).get(r.id, 0.0), 0.0, 0.0)
+    return loads
 
 
 @pytest.mark.parametrize(
@@ -41,18 +40,18 @@ def test_least_outstanding_picks_least_loaded(
     in_flight: dict[str, int], waiting: dict[str, float], expected: str
 ) -> None:
     replicas = _replicas(3)
-    assert LeastOutstanding(_health(replicas, in_flight, waiting)).choose(replicas).id == expected
+    assert LeastOutstanding(_loads(replicas, in_flight, waiting)).choose(replicas).id == expected
 
 
 def test_round_robin_cycles_through_candidates() -> None:
     replicas = _replicas(3)
-    policy = RoundRobin(_health(replicas))
+    policy = RoundRobin(_loads(replicas))
     assert [policy.choose(replicas).id for _ in range(6)] == ["r0", "r1", "r2", "r0", "r1", "r2"]
 
 
 def test_prefix_affinity_keeps_a_prefix_on_one_replica() -> None:
     replicas = _replicas(4)
-    policy = PrefixAffinity(_health(replicas))
+    policy = PrefixAffinity(_loads(replicas))
     for key in ("alpha", "beta", "gamma", "delta"):
         chosen = {policy.choose(replicas, key).id for _ in range(20)}
         assert len(chosen) == 1
@@ -60,7 +59,7 @@ def test_prefix_affinity_keeps_a_prefix_on_one_replica() -> None:
 
 def test_prefix_affinity_spreads_different_prefixes() -> None:
     replicas = _replicas(4)
-    policy = PrefixAffinity(_health(replicas))
+    policy = PrefixAffinity(_loads(replicas))
     counts = Counter(policy.choose(replicas, f"prefix-{i}").id for i in range(4000))
     assert set(counts) == {"r0", "r1", "r2", "r3"}
     assert min(counts.values()) > 800
@@ -68,28 +67,28 @@ def test_prefix_affinity_spreads_different_prefixes() -> None:
 
 def test_prefix_affinity_falls_back_when_its_replica_is_overloaded() -> None:
     replicas = _replicas(2)
-    idle = PrefixAffinity(_health(replicas)).choose(replicas, "hot").id
+    idle = PrefixAffinity(_loads(replicas)).choose(replicas, "hot").id
     other = "r1" if idle == "r0" else "r0"
-    busy = _health(replicas, in_flight={idle: 10, other: 0})
+    busy = _loads(replicas, in_flight={idle: 10, other: 0})
     assert PrefixAffinity(busy).choose(replicas, "hot").id == other
 
 
 def test_prefix_affinity_hot_prefix_cannot_pile_everything_on_one_replica() -> None:
     replicas = _replicas(2)
-    health = _health(replicas)
-    policy = PrefixAffinity(health)
+    figures = _loads(replicas)
+    policy = PrefixAffinity(figures)
     for _ in range(40):  # one very hot prefix; requests stay in flight
-        health.begin(policy.choose(replicas, "hot").id)
-    loads = sorted(health.in_flight(r.id) for r in replicas)
+        figures.begin(policy.choose(replicas, "hot").id)
+    loads = sorted(figures.in_flight(r.id) for r in replicas)
     assert loads[1] <= 1.5 * 41 / 2 + 1, loads  # bounded by the balance factor
 
 
 def test_prefix_affinity_without_key_is_least_loaded() -> None:
     replicas = _replicas(2)
-    assert PrefixAffinity(_health(replicas, {"r0": 2})).choose(replicas, None).id == "r1"
+    assert PrefixAffinity(_loads(replicas, {"r0": 2})).choose(replicas, None).id == "r1"
 
 
 @pytest.mark.parametrize("name", ["least_outstanding", "round_robin", "prefix_affinity"])
 def test_make_policy_builds_each_named_policy(name: str) -> None:
     replicas = _replicas(2)
-    assert make_policy(name, _health(replicas)).choose(replicas, "k") in replicas  # type: ignore[arg-type]
+    assert make_policy(name, _loads(replicas)).choose(replicas, "k") in replicas  # type: ignore[arg-type]

@@ -1,18 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 
-from gateway.metrics import Metrics
-from gateway.protocol.chat import ChatCompletionRequest
-from gateway.routing.health import HealthRegistry, State
-from gateway.record import RequestRecord
-from gateway.services.chat import ChatService, ChatStream
-from gateway.services.dispatch import Dispatcher
 from gateway.errors import (
+    EngineConnectError,
     EngineError,
     EngineStatusError,
     EngineTimeoutError,
@@ -20,23 +16,52 @@ from gateway.errors import (
     GatewayError,
     ModelNotFoundError,
 )
+from gateway.metrics import Metrics
+from gateway.protocol.chat import ChatCompletionRequest
+from gateway.record import RequestRecord
+from gateway.routing.breaker import Breakers, State
+from gateway.routing.load import Loads
+from gateway.routing.router import Router
+from gateway.routing.table import RouteTable
+from gateway.services.chat import ChatService, ChatStream
+from gateway.services.failover import Failover
+from gateway.services.leases import Leases
 from gateway.services.shadow import ShadowSender
-from gateway.upstream import UpstreamReply
-from gateway.errors import EngineConnectError
+from gateway.upstream import KEEPALIVE, UpstreamReply
 from tests.unit.conftest import CHAT_URL
-from tests.unit.fakes import FakeEventStream, FakeUpstream, chunk, usage_chunk
+from tests.unit.fakes import (
+    FakeEngines,
+    FakeEventStream,
+    FakeUpstream,
+    Item,
+    Wiring,
+    chunk,
+    usage_chunk,
+    wire,
+)
 from tests.unit.samples import metric_total
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+QUIET = 30.0  # keep-alive interval of streams that are not about keep-alives
+
+Service = Callable[[FakeUpstream], ChatService]
 
 
 def body(**fields: Any) -> bytes:
     return orjson.dumps({"model": "chat", "messages": MESSAGES, **fields})
 
 
-def service(dispatcher: Dispatcher, upstream: FakeUpstream, metrics: Metrics) -> ChatService:
-    shadows = ShadowSender(dispatcher, upstream, metrics)  # type: ignore[arg-type]
-    return ChatService(dispatcher, upstream, metrics, shadows)  # type: ignore[arg-type]
+def build(
+    router: Router, failover: Failover, leases: Leases, upstream: FakeUpstream, metrics: Metrics
+) -> ChatService:
+    shadows = ShadowSender(router, upstream, metrics)  # type: ignore[arg-type]
+    return ChatService(router, failover, leases, upstream, metrics, shadows)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def service(router: Router, failover: Failover, leases: Leases, metrics: Metrics) -> Service:
+    """A chat service over the shared routing pieces, answering from the given upstream."""
+    return lambda upstream: build(router, failover, leases, upstream, metrics)
 
 
 async def complete(chat: ChatService, record: RequestRecord, raw: bytes) -> dict[str, Any]:
@@ -46,10 +71,10 @@ async def complete(chat: ChatService, record: RequestRecord, raw: bytes) -> dict
 
 
 async def open_stream(
-    chat: ChatService, record: RequestRecord, **fields: Any
+    chat: ChatService, record: RequestRecord, keepalive: float = QUIET, **fields: Any
 ) -> tuple[ChatStream, dict[str, Any], ChatCompletionRequest]:
     data, request = chat.prepare(body(stream=True, **fields), record)
-    return await chat.open_stream(data, request, record, {}), data, request
+    return await chat.open_stream(data, request, record, {}, keepalive), data, request
 
 
 async def collect(stream: ChatStream) -> list[dict[str, Any]]:
@@ -62,10 +87,8 @@ async def collect(stream: ChatStream) -> list[dict[str, Any]]:
 # --- prepare -------------------------------------------------------------------------------------
 
 
-def test_prepare_notes_model_and_stream_on_the_record(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
-) -> None:
-    chat = service(dispatcher, FakeUpstream(), metrics)
+def test_prepare_notes_model_and_stream_on_the_record(service: Service, record: RequestRecord) -> None:
+    chat = service(FakeUpstream())
 
     data, request = chat.prepare(body(stream=True, top_k=3), record)
 
@@ -93,11 +116,11 @@ def completion(finish: str | None = "stop", model: str = "engine-chat") -> Upstr
 
 
 async def test_complete_sends_the_served_name_and_answers_with_the_public_name(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, record: RequestRecord
 ) -> None:
     upstream = FakeUpstream(reply=completion())
 
-    answer = await complete(service(dispatcher, upstream, metrics), record, body(top_k=40))
+    answer = await complete(service(upstream), record, body(top_k=40))
 
     base_url, path, sent = upstream.calls[0]
     assert base_url == CHAT_URL
@@ -113,18 +136,18 @@ async def test_complete_sends_the_served_name_and_answers_with_the_public_name(
 
 
 async def test_complete_releases_the_in_flight_count(
-    dispatcher: Dispatcher, health: HealthRegistry, metrics: Metrics, record: RequestRecord
+    service: Service, loads: Loads, record: RequestRecord
 ) -> None:
-    await complete(service(dispatcher, FakeUpstream(reply=completion()), metrics), record, body())
+    await complete(service(FakeUpstream(reply=completion())), record, body())
 
-    assert health.in_flight("chat-0") == 0
+    assert loads.in_flight("chat-0") == 0
 
 
 @pytest.mark.parametrize("finish", ["abort", "error"])
 async def test_complete_does_not_pass_an_engine_abort_as_an_answer(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord, finish: str
+    service: Service, record: RequestRecord, finish: str
 ) -> None:
-    chat = service(dispatcher, FakeUpstream(reply=completion(finish=finish)), metrics)
+    chat = service(FakeUpstream(reply=completion(finish=finish)))
 
     with pytest.raises(GatewayError) as info:
         await complete(chat, record, body())
@@ -133,9 +156,9 @@ async def test_complete_does_not_pass_an_engine_abort_as_an_answer(
 
 @pytest.mark.parametrize("finish", ["abort", "error"])
 async def test_complete_reports_an_engine_abort_as_an_engine_error(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord, finish: str
+    service: Service, record: RequestRecord, finish: str
 ) -> None:
-    chat = service(dispatcher, FakeUpstream(reply=completion(finish=finish)), metrics)
+    chat = service(FakeUpstream(reply=completion(finish=finish)))
 
     with pytest.raises(EngineError) as info:
         await complete(chat, record, body())
@@ -143,9 +166,9 @@ async def test_complete_reports_an_engine_abort_as_an_engine_error(
 
 
 async def test_complete_rejects_an_unreadable_engine_answer_as_an_engine_error(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, record: RequestRecord
 ) -> None:
-    chat = service(dispatcher, FakeUpstream(reply=UpstreamReply(200, b"{truncated")), metrics)
+    chat = service(FakeUpstream(reply=UpstreamReply(200, b"{truncated")))
 
     with pytest.raises(EngineError) as info:
         await complete(chat, record, body())
@@ -153,7 +176,7 @@ async def test_complete_rejects_an_unreadable_engine_answer_as_an_engine_error(
 
 
 async def test_complete_relays_an_engine_4xx_as_a_client_error(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, record: RequestRecord
 ) -> None:
     engine_body = orjson.dumps(
         {
@@ -168,34 +191,34 @@ async def test_complete_relays_an_engine_4xx_as_a_client_error(
     upstream = FakeUpstream(reply=UpstreamReply(400, engine_body))
 
     with pytest.raises(EngineStatusError) as info:
-        await complete(service(dispatcher, upstream, metrics), record, body())
+        await complete(service(upstream), record, body())
     assert info.value.status == 400
     assert "maximum context length" in info.value.message
     assert len(upstream.calls) == 1  # a client error is not retried
 
 
 async def test_complete_marks_an_unreachable_engine_down(
-    dispatcher: Dispatcher, health: HealthRegistry, metrics: Metrics, record: RequestRecord
+    service: Service, breakers: Breakers, loads: Loads, record: RequestRecord
 ) -> None:
-    chat = service(dispatcher, FakeUpstream(error=EngineConnectError("the engine is unreachable")), metrics)
+    chat = service(FakeUpstream(error=EngineConnectError("the engine is unreachable")))
 
     with pytest.raises(EngineUnavailableError) as info:
         await complete(chat, record, body())
 
     assert info.value.retry_after is not None
-    assert "10.1.2.3" not in info.value.message
-    assert health.state("chat-0") is State.DOWN
-    assert health.in_flight("chat-0") == 0
+    assert "127.0.0.1" not in info.value.message
+    assert breakers.state("chat-0") is State.DOWN
+    assert loads.in_flight("chat-0") == 0
 
 
 async def test_complete_for_an_unknown_model_never_calls_the_engine(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, record: RequestRecord
 ) -> None:
     upstream = FakeUpstream(reply=completion())
 
     with pytest.raises(ModelNotFoundError):
         await complete(
-            service(dispatcher, upstream, metrics),
+            service(upstream),
             record,
             orjson.dumps({"model": "other", "messages": MESSAGES}),
         )
@@ -206,10 +229,10 @@ async def test_complete_for_an_unknown_model_never_calls_the_engine(
 
 
 async def test_stream_always_asks_the_engine_for_usage_and_keeps_other_stream_options(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, record: RequestRecord
 ) -> None:
     upstream = FakeUpstream(stream=FakeEventStream([]))
-    chat = service(dispatcher, upstream, metrics)
+    chat = service(upstream)
 
     stream, _, _ = await open_stream(chat, record, stream_options={"continuous_usage_stats": False})
     await stream.aclose()
@@ -219,40 +242,40 @@ async def test_stream_always_asks_the_engine_for_usage_and_keeps_other_stream_op
 
 
 async def test_stream_open_error_status_raises_before_the_first_byte(
-    dispatcher: Dispatcher, health: HealthRegistry, metrics: Metrics, record: RequestRecord
+    service: Service, loads: Loads, record: RequestRecord
 ) -> None:
     reply = UpstreamReply(
         400, b'{"error":{"message":"bad","type":"BadRequestError","param":null,"code":400}}'
     )
-    chat = service(dispatcher, FakeUpstream(reply=reply), metrics)
+    chat = service(FakeUpstream(reply=reply))
 
     with pytest.raises(EngineStatusError) as info:
         await open_stream(chat, record)
 
     assert info.value.status == 400
-    assert health.in_flight("chat-0") == 0
+    assert loads.in_flight("chat-0") == 0
 
 
 async def test_stream_open_timeout_propagates_and_frees_the_replica(
-    dispatcher: Dispatcher, health: HealthRegistry, metrics: Metrics, record: RequestRecord
+    service: Service, breakers: Breakers, loads: Loads, record: RequestRecord
 ) -> None:
-    chat = service(dispatcher, FakeUpstream(error=EngineTimeoutError("slow")), metrics)
+    chat = service(FakeUpstream(error=EngineTimeoutError("slow")))
 
     with pytest.raises(EngineTimeoutError):
         await open_stream(chat, record)
 
-    assert health.in_flight("chat-0") == 0
-    assert health.state("chat-0") is State.UP
+    assert loads.in_flight("chat-0") == 0
+    assert breakers.state("chat-0") is State.UP
 
 
 # --- streaming: the relay ------------------------------------------------------------------------
 
 
 async def test_usage_chunk_is_dropped_when_the_client_did_not_ask_but_still_counted(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, record: RequestRecord
 ) -> None:
     events = [chunk("Hel"), chunk("lo"), chunk(finish="stop"), usage_chunk(9, 2)]
-    chat = service(dispatcher, FakeUpstream(stream=FakeEventStream(events)), metrics)
+    chat = service(FakeUpstream(stream=FakeEventStream(events)))
 
     stream, _, _ = await open_stream(chat, record)
     received = await collect(stream)
@@ -263,11 +286,9 @@ async def test_usage_chunk_is_dropped_when_the_client_did_not_ask_but_still_coun
     assert (record.prompt_tokens, record.completion_tokens) == (9, 2)
 
 
-async def test_usage_chunk_is_kept_when_the_client_asked(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
-) -> None:
+async def test_usage_chunk_is_kept_when_the_client_asked(service: Service, record: RequestRecord) -> None:
     events = [chunk("Hi"), chunk(finish="stop"), usage_chunk(9, 2)]
-    chat = service(dispatcher, FakeUpstream(stream=FakeEventStream(events)), metrics)
+    chat = service(FakeUpstream(stream=FakeEventStream(events)))
 
     stream, _, _ = await open_stream(chat, record, stream_options={"include_usage": True})
     received = await collect(stream)
@@ -279,10 +300,10 @@ async def test_usage_chunk_is_kept_when_the_client_asked(
 
 
 async def test_every_relayed_chunk_carries_the_public_model_name(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, record: RequestRecord
 ) -> None:
     events = [chunk("a"), chunk("b", model="chat"), chunk(finish="stop"), usage_chunk(1, 2)]
-    chat = service(dispatcher, FakeUpstream(stream=FakeEventStream(events)), metrics)
+    chat = service(FakeUpstream(stream=FakeEventStream(events)))
 
     stream, _, _ = await open_stream(chat, record, stream_options={"include_usage": True})
     received = await collect(stream)
@@ -292,11 +313,9 @@ async def test_every_relayed_chunk_carries_the_public_model_name(
 
 
 async def test_relay_notes_time_to_first_token(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, metrics: Metrics, record: RequestRecord
 ) -> None:
-    chat = service(
-        dispatcher, FakeUpstream(stream=FakeEventStream([chunk("a"), chunk(finish="stop")])), metrics
-    )
+    chat = service(FakeUpstream(stream=FakeEventStream([chunk("a"), chunk(finish="stop")])))
 
     stream, _, _ = await open_stream(chat, record)
     await collect(stream)
@@ -307,11 +326,11 @@ async def test_relay_notes_time_to_first_token(
 
 @pytest.mark.parametrize("finish", ["abort", "error"])
 async def test_engine_abort_becomes_an_in_band_error_and_ends_the_stream(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord, finish: str
+    service: Service, record: RequestRecord, finish: str
 ) -> None:
     events = [chunk("a"), chunk(finish=finish), chunk("never sent"), usage_chunk(1, 1)]
     upstream_stream = FakeEventStream(events)
-    chat = service(dispatcher, FakeUpstream(stream=upstream_stream), metrics)
+    chat = service(FakeUpstream(stream=upstream_stream))
 
     stream, _, _ = await open_stream(chat, record)
     received = await collect(stream)
@@ -326,10 +345,14 @@ async def test_engine_abort_becomes_an_in_band_error_and_ends_the_stream(
 
 
 async def test_engine_error_raised_mid_stream_becomes_an_in_band_error(
-    dispatcher: Dispatcher, health: HealthRegistry, metrics: Metrics, record: RequestRecord
+    service: Service, breakers: Breakers, record: RequestRecord
 ) -> None:
-    events = [chunk("a"), EngineError("the engine connection broke while streaming"), chunk("never sent")]
-    chat = service(dispatcher, FakeUpstream(stream=FakeEventStream(events)), metrics)
+    events: list[Item] = [
+        chunk("a"),
+        EngineError("the engine connection broke while streaming"),
+        chunk("never sent"),
+    ]
+    chat = service(FakeUpstream(stream=FakeEventStream(events)))
 
     stream, _, _ = await open_stream(chat, record)
     received = await collect(stream)
@@ -338,32 +361,28 @@ async def test_engine_error_raised_mid_stream_becomes_an_in_band_error(
     assert received[1]["error"]["message"] == "the engine connection broke while streaming"
     assert received[1]["error"]["code"] == "engine_error"
     assert record.error_type == "engine_error"
-    assert health.snapshot("chat-0").failures == 1  # a broken stream counts against the replica
+    assert breakers.snapshot("chat-0").failures == 1  # a broken stream counts against the replica
 
 
 async def test_engine_error_event_becomes_a_generic_in_band_error(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, record: RequestRecord
 ) -> None:
     engine_event = {
-        "error": {"message": "worker crashed at 10.9.9.9", "type": "InternalServerError", "code": 500}
+        "error": {"message": "worker crashed at 127.0.0.9", "type": "InternalServerError", "code": 500}
     }
-    chat = service(
-        dispatcher, FakeUpstream(stream=FakeEventStream([chunk("a"), engine_event, chunk("b")])), metrics
-    )
+    chat = service(FakeUpstream(stream=FakeEventStream([chunk("a"), engine_event, chunk("b")])))
 
     stream, _, _ = await open_stream(chat, record)
     received = await collect(stream)
 
     assert len(received) == 2
     assert received[1]["error"]["type"] == "server_error"
-    assert "10.9.9.9" not in received[1]["error"]["message"]
+    assert "127.0.0.9" not in received[1]["error"]["message"]
 
 
-async def test_non_object_payloads_are_skipped(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
-) -> None:
-    events = [b"[1, 2]", chunk("a"), b'"text"', chunk(finish="stop")]
-    chat = service(dispatcher, FakeUpstream(stream=FakeEventStream(events)), metrics)
+async def test_non_object_payloads_are_skipped(service: Service, record: RequestRecord) -> None:
+    events: list[Item] = [b"[1, 2]", chunk("a"), b'"text"', chunk(finish="stop")]
+    chat = service(FakeUpstream(stream=FakeEventStream(events)))
 
     stream, _, _ = await open_stream(chat, record)
     received = await collect(stream)
@@ -372,9 +391,9 @@ async def test_non_object_payloads_are_skipped(
 
 
 async def test_malformed_engine_payload_becomes_an_in_band_error(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, record: RequestRecord
 ) -> None:
-    chat = service(dispatcher, FakeUpstream(stream=FakeEventStream([chunk("a"), b"{not json"])), metrics)
+    chat = service(FakeUpstream(stream=FakeEventStream([chunk("a"), b"{not json"])))
 
     stream, _, _ = await open_stream(chat, record)
     received = await collect(stream)
@@ -388,9 +407,9 @@ async def test_malformed_engine_payload_becomes_an_in_band_error(
     ids=["abort", "error-event"],
 )
 async def test_a_stream_that_fails_in_band_is_recorded_as_an_error(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord, failure: dict[str, Any]
+    service: Service, record: RequestRecord, failure: dict[str, Any]
 ) -> None:
-    chat = service(dispatcher, FakeUpstream(stream=FakeEventStream([chunk("a"), failure])), metrics)
+    chat = service(FakeUpstream(stream=FakeEventStream([chunk("a"), failure])))
 
     stream, _, _ = await open_stream(chat, record)
     await collect(stream)
@@ -402,53 +421,51 @@ async def test_a_stream_that_fails_in_band_is_recorded_as_an_error(
 
 
 async def test_replica_counts_in_flight_until_the_stream_is_closed(
-    dispatcher: Dispatcher, health: HealthRegistry, metrics: Metrics, record: RequestRecord
+    service: Service, loads: Loads, record: RequestRecord
 ) -> None:
-    chat = service(
-        dispatcher, FakeUpstream(stream=FakeEventStream([chunk("a"), chunk(finish="stop")])), metrics
-    )
+    chat = service(FakeUpstream(stream=FakeEventStream([chunk("a"), chunk(finish="stop")])))
 
     stream, _, _ = await open_stream(chat, record)
-    assert health.in_flight("chat-0") == 1
+    assert loads.in_flight("chat-0") == 1
     async for _ in stream:
-        assert health.in_flight("chat-0") == 1
+        assert loads.in_flight("chat-0") == 1
     await stream.aclose()
 
-    assert health.in_flight("chat-0") == 0
+    assert loads.in_flight("chat-0") == 0
 
 
 async def test_aclose_closes_the_upstream_even_if_iteration_never_started(
-    dispatcher: Dispatcher, health: HealthRegistry, metrics: Metrics, record: RequestRecord
+    service: Service, loads: Loads, record: RequestRecord
 ) -> None:
     upstream_stream = FakeEventStream([chunk("a")])
-    chat = service(dispatcher, FakeUpstream(stream=upstream_stream), metrics)
+    chat = service(FakeUpstream(stream=upstream_stream))
 
     stream, _, _ = await open_stream(chat, record)
     await stream.aclose()
 
     assert upstream_stream.started is False
     assert upstream_stream.close_calls >= 1
-    assert health.in_flight("chat-0") == 0
+    assert loads.in_flight("chat-0") == 0
 
 
 async def test_aclose_is_idempotent_and_releases_the_replica_once(
-    dispatcher: Dispatcher, health: HealthRegistry, metrics: Metrics, record: RequestRecord
+    service: Service, loads: Loads, record: RequestRecord
 ) -> None:
-    chat = service(dispatcher, FakeUpstream(stream=FakeEventStream([chunk("a")])), metrics)
+    chat = service(FakeUpstream(stream=FakeEventStream([chunk("a")])))
     stream, _, _ = await open_stream(chat, record)
-    health.begin("chat-0")  # another request on the same replica
+    loads.begin("chat-0")  # another request on the same replica
 
     await stream.aclose()
     await stream.aclose()
 
-    assert health.in_flight("chat-0") == 1
+    assert loads.in_flight("chat-0") == 1
 
 
 async def test_aclose_mid_stream_closes_the_upstream_and_stops_relaying(
-    dispatcher: Dispatcher, health: HealthRegistry, metrics: Metrics, record: RequestRecord
+    service: Service, loads: Loads, record: RequestRecord
 ) -> None:
     upstream_stream = FakeEventStream([chunk("a"), chunk("b"), chunk("c")])
-    chat = service(dispatcher, FakeUpstream(stream=upstream_stream), metrics)
+    chat = service(FakeUpstream(stream=upstream_stream))
     stream, _, _ = await open_stream(chat, record)
 
     iterator = aiter(stream)
@@ -457,21 +474,21 @@ async def test_aclose_mid_stream_closes_the_upstream_and_stops_relaying(
 
     assert orjson.loads(first)["choices"][0]["delta"]["content"] == "a"
     assert upstream_stream.close_calls >= 1
-    assert health.in_flight("chat-0") == 0
+    assert loads.in_flight("chat-0") == 0
     with pytest.raises(StopAsyncIteration):
         await anext(iterator)
 
 
 async def test_aclose_while_the_engine_is_silent_cancels_the_pending_read(
-    dispatcher: Dispatcher, metrics: Metrics, record: RequestRecord
+    service: Service, record: RequestRecord
 ) -> None:
     upstream_stream = FakeEventStream([chunk("a"), None])
-    chat = service(dispatcher, FakeUpstream(stream=upstream_stream), metrics)
+    chat = service(FakeUpstream(stream=upstream_stream))
     stream, _, _ = await open_stream(chat, record)
     iterator = aiter(stream)
     await anext(iterator)
     reader = asyncio.ensure_future(anext(iterator))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(upstream_stream.silent.wait(), timeout=2)
 
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -480,3 +497,235 @@ async def test_aclose_while_the_engine_is_silent_cancels_the_pending_read(
 
     assert upstream_stream.cancelled is True
     assert upstream_stream.close_calls >= 1
+
+
+async def test_engine_keepalive_markers_are_passed_to_the_transport(
+    service: Service, record: RequestRecord
+) -> None:
+    events: list[Item] = [chunk("a"), KEEPALIVE, chunk(finish="stop")]
+    chat = service(FakeUpstream(stream=FakeEventStream(events)))
+
+    stream, _, _ = await open_stream(chat, record)
+    try:
+        received = [payload async for payload in stream]
+    finally:
+        await stream.aclose()
+
+    assert len(received) == 3
+    assert received[1] == KEEPALIVE
+
+
+# --- streaming: an engine loaded on demand -------------------------------------------------------
+
+
+class HangingOpen(FakeUpstream):
+    """An engine that accepts the connection but never starts its answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opening = asyncio.Event()
+        self.cancelled = False
+
+    async def open_stream(self, base_url: str, path: str, body: bytes) -> UpstreamReply | FakeEventStream:
+        self.calls.append((base_url, path, orjson.loads(body)))
+        self.opening.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        raise AssertionError("not cancelled")
+
+
+def on_demand(
+    table: RouteTable, metrics: Metrics, engines: FakeEngines, upstream: FakeUpstream, max_waiting: int = 256
+) -> tuple[ChatService, Wiring]:
+    """A chat service whose only engine is stopped and can be started on demand."""
+    breakers = Breakers()
+    breakers.mark("chat-0", State.DOWN)
+    w = wire(table, metrics, breakers=breakers, engines=engines, on_demand_max_waiting=max_waiting)
+    return build(w.router, w.failover, w.leases, upstream, metrics), w
+
+
+def released(w: Wiring, engines: FakeEngines) -> bool:
+    """Nothing is held on the engine any more."""
+    return w.loads.in_flight("chat-0") == 0 and not any(engines.active.values())
+
+
+async def test_a_stream_whose_engine_must_load_sends_keepalives_then_the_engines_payloads(
+    table: RouteTable, metrics: Metrics, record: RequestRecord
+) -> None:
+    gate = asyncio.Event()
+    engines = FakeEngines({CHAT_URL}, gate=gate)
+    upstream = FakeUpstream(stream=FakeEventStream([chunk("a"), chunk("b"), chunk(finish="stop")]))
+    chat, w = on_demand(table, metrics, engines, upstream)
+
+    stream, _, _ = await open_stream(chat, record, keepalive=0.01)
+    assert engines.started == [], "the stream comes back at once and loads while iterated"
+    iterator = aiter(stream)
+    try:
+        async with asyncio.timeout(5):
+            assert await anext(iterator) == KEEPALIVE
+            assert await anext(iterator) == KEEPALIVE
+            assert engines.started == [CHAT_URL]
+            assert upstream.calls == []  # nothing is asked of the engine before it has loaded
+            gate.set()
+            payload = KEEPALIVE
+            while payload == KEEPALIVE:  # a keep-alive may still be due while the stream opens
+                payload = await anext(iterator)
+            assert w.loads.in_flight("chat-0") == 1
+            assert engines.active[CHAT_URL] == 1
+            rest = [p async for p in iterator]
+    finally:
+        await stream.aclose()
+
+    received = [orjson.loads(payload)] + [orjson.loads(p) for p in rest]
+    assert KEEPALIVE not in rest
+    assert [e["choices"][0]["delta"].get("content") for e in received] == ["a", "b", None]
+    assert all(e["model"] == "chat" for e in received)
+    assert upstream.sent["model"] == "engine-chat"
+    assert upstream.sent["stream_options"] == {"include_usage": True}
+    assert (record.replica, record.public_model) == ("chat-0", "chat")
+    assert record.ttft_s is not None
+    assert w.breakers.state("chat-0") is State.UP
+    assert released(w, engines)
+
+
+async def test_a_stream_whose_engine_does_not_load_sends_one_in_band_error(
+    table: RouteTable, metrics: Metrics, record: RequestRecord
+) -> None:
+    engines = FakeEngines({CHAT_URL}, starts=False)
+    upstream = FakeUpstream()
+    chat, w = on_demand(table, metrics, engines, upstream)
+
+    stream, _, _ = await open_stream(chat, record)
+    payloads = await collect(stream)
+
+    assert len(payloads) == 1
+    assert payloads[0]["error"]["code"] == "engine_unavailable"
+    assert "did not load in time" in payloads[0]["error"]["message"]
+    assert record.error_type == "engine_unavailable"
+    assert upstream.calls == []
+    assert released(w, engines)
+
+
+async def test_a_load_that_fails_after_keepalives_ends_with_one_in_band_error(
+    table: RouteTable, metrics: Metrics, record: RequestRecord
+) -> None:
+    gate = asyncio.Event()
+    engines = FakeEngines({CHAT_URL}, starts=False, gate=gate)
+    chat, w = on_demand(table, metrics, engines, FakeUpstream())
+
+    stream, _, _ = await open_stream(chat, record, keepalive=0.01)
+    iterator = aiter(stream)
+    try:
+        async with asyncio.timeout(5):
+            assert await anext(iterator) == KEEPALIVE
+            gate.set()
+            rest = [p async for p in iterator]
+    finally:
+        await stream.aclose()
+
+    errors = [orjson.loads(p) for p in rest if p != KEEPALIVE]
+    assert rest[-1] != KEEPALIVE
+    assert len(errors) == 1
+    assert errors[0]["error"]["code"] == "engine_unavailable"
+    assert released(w, engines)
+
+
+async def test_an_engine_that_loads_but_rejects_the_request_sends_its_error_in_band(
+    table: RouteTable, metrics: Metrics, record: RequestRecord
+) -> None:
+    engines = FakeEngines({CHAT_URL})
+    reply = UpstreamReply(
+        400, b'{"error":{"message":"too long","type":"BadRequestError","param":null,"code":400}}'
+    )
+    chat, w = on_demand(table, metrics, engines, FakeUpstream(reply=reply))
+
+    stream, _, _ = await open_stream(chat, record)
+    payloads = await collect(stream)
+
+    assert len(payloads) == 1
+    assert (payloads[0]["error"]["message"], payloads[0]["error"]["code"]) == ("too long", "invalid_request")
+    assert record.error_type == "invalid_request"
+    assert w.breakers.state("chat-0") is State.UP  # the engine works; the request was wrong
+    assert released(w, engines)
+
+
+async def test_aclose_before_iterating_a_stream_that_must_load_starts_nothing(
+    table: RouteTable, metrics: Metrics, record: RequestRecord
+) -> None:
+    engines = FakeEngines({CHAT_URL})
+    upstream = FakeUpstream(stream=FakeEventStream([chunk("a")]))
+    chat, w = on_demand(table, metrics, engines, upstream)
+
+    stream, _, _ = await open_stream(chat, record)
+    await stream.aclose()
+    await stream.aclose()
+
+    assert [p async for p in stream] == []
+    assert engines.started == []
+    assert upstream.calls == []
+    assert released(w, engines)
+
+
+async def test_aclose_while_the_engine_loads_cancels_the_load(
+    table: RouteTable, metrics: Metrics, record: RequestRecord
+) -> None:
+    engines = FakeEngines({CHAT_URL}, gate=asyncio.Event())
+    upstream = FakeUpstream(stream=FakeEventStream([chunk("a")]))
+    chat, w = on_demand(table, metrics, engines, upstream, max_waiting=1)
+
+    stream, _, _ = await open_stream(chat, record, keepalive=0.01)
+    assert await asyncio.wait_for(anext(aiter(stream)), timeout=5) == KEEPALIVE
+    assert engines.started == [CHAT_URL]
+    await asyncio.wait_for(stream.aclose(), timeout=5)
+
+    assert engines.cancelled == 1
+    assert upstream.calls == []
+    assert w.breakers.state("chat-0") is State.DOWN
+    assert released(w, engines)
+    # The request no longer counts as waiting for the load: another one may wait.
+    engines.gate = None
+    route, choice = w.router.resolve("chat", "chat", None)
+    pick = await w.failover.pick(route, choice.version, RequestRecord(request_id="next"))
+    assert pick.replica.id == "chat-0"
+
+
+async def test_aclose_while_the_engine_stream_opens_releases_everything(
+    table: RouteTable, metrics: Metrics, record: RequestRecord
+) -> None:
+    engines = FakeEngines({CHAT_URL})
+    upstream = HangingOpen()
+    chat, w = on_demand(table, metrics, engines, upstream)
+
+    stream, _, _ = await open_stream(chat, record, keepalive=0.01)
+    assert await asyncio.wait_for(anext(aiter(stream)), timeout=5) == KEEPALIVE
+    await asyncio.wait_for(upstream.opening.wait(), timeout=5)
+    assert w.loads.in_flight("chat-0") == 1
+    await asyncio.wait_for(stream.aclose(), timeout=5)
+
+    assert upstream.cancelled is True
+    assert released(w, engines)
+    assert w.breakers.state("chat-0") is State.UP  # a cancelled call says nothing against the engine
+    assert w.breakers.snapshot("chat-0").failures == 0
+
+
+async def test_a_client_that_leaves_while_the_engine_loads_cancels_the_load(
+    table: RouteTable, metrics: Metrics, record: RequestRecord
+) -> None:
+    engines = FakeEngines({CHAT_URL}, gate=asyncio.Event())
+    upstream = FakeUpstream(stream=FakeEventStream([chunk("a")]))
+    chat, w = on_demand(table, metrics, engines, upstream)
+    stream, _, _ = await open_stream(chat, record)
+    reader = asyncio.ensure_future(anext(aiter(stream)))
+    await asyncio.wait_for(engines.loading.wait(), timeout=5)
+
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    await stream.aclose()
+
+    assert engines.cancelled == 1
+    assert upstream.calls == []
+    assert released(w, engines)

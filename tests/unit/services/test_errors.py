@@ -4,6 +4,8 @@ import orjson
 import pytest
 
 from gateway.errors import (
+    ClientDisconnected,
+    EngineConnectError,
     EngineError,
     EngineStatusError,
     EngineTimeoutError,
@@ -29,6 +31,8 @@ from gateway.errors import (
         (EngineError, 502, "server_error", "engine_error"),
         (EngineUnavailableError, 503, "server_error", "engine_unavailable"),
         (EngineTimeoutError, 504, "server_error", "engine_timeout"),
+        (EngineConnectError, 503, "server_error", "engine_unavailable"),
+        (ClientDisconnected, 499, "client_disconnected", "client_disconnected"),
     ],
 )
 def test_each_error_class_maps_to_its_status_type_and_code(
@@ -38,6 +42,11 @@ def test_each_error_class_maps_to_its_status_type_and_code(
 
     assert (error.status, error.type, error.code) == (status, type_, code)
     assert isinstance(error, GatewayError)
+
+
+def test_an_unreachable_engine_is_a_kind_of_unavailable_engine() -> None:
+    assert isinstance(EngineConnectError("unreachable"), EngineUnavailableError)
+    assert not isinstance(EngineConnectError("unreachable"), EngineError)
 
 
 def test_code_can_be_overridden_per_instance_without_changing_the_class() -> None:

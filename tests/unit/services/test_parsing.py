@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.errors import InvalidRequestError
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.embeddings import EmbeddingRequest
-from gateway.errors import InvalidRequestError
 from gateway.services.parsing import parse_body
 
 

@@ -6,20 +6,20 @@ import orjson
 import pytest
 
 from gateway.config import parse_config
+from gateway.errors import EngineConnectError
 from gateway.metrics import Metrics
-from gateway.routing.health import HealthRegistry, State
-from gateway.routing.table import Route, RouteTable
 from gateway.record import RequestRecord
+from gateway.routing.breaker import Breakers, State
+from gateway.routing.router import Router
+from gateway.routing.table import Route, RouteTable
 from gateway.services.chat import ChatService
-from gateway.services.dispatch import Dispatcher
 from gateway.services.shadow import ShadowSender
 from gateway.upstream import UpstreamReply
-from gateway.errors import EngineConnectError
-from tests.unit.fakes import FakeUpstream
+from tests.unit.fakes import FakeUpstream, Wiring, wire
 from tests.unit.samples import metric_total
 
-V1 = "http://10.0.1.1:8000"
-V2 = "http://10.0.2.1:8000"
+V1 = "http://127.0.0.1:8001"
+V2 = "http://127.0.0.2:8002"
 CONFIG = f"""
 models:
   - name: chat
@@ -48,17 +48,27 @@ ANSWER = UpstreamReply(
 )
 
 
-@pytest.fixture
-def dispatcher(metrics: Metrics) -> Dispatcher:
-    table = RouteTable.from_config(parse_config(CONFIG))
-    health = HealthRegistry()
+def up(config: str, metrics: Metrics) -> Wiring:
+    table = RouteTable.from_config(parse_config(config))
+    breakers = Breakers()
     for replica in table.replicas():
-        health.mark(replica.id, State.UP)
-    return Dispatcher(table, health, metrics, retry_after=1)
+        breakers.mark(replica.id, State.UP)
+    return wire(table, metrics, breakers=breakers)
 
 
-def route_of(dispatcher: Dispatcher) -> Route:
-    route = dispatcher.table.get("chat")
+@pytest.fixture
+def wiring(metrics: Metrics) -> Wiring:
+    """chat v1 (primary) and v2 (shadowed at 100%), all UP."""
+    return up(CONFIG, metrics)
+
+
+@pytest.fixture
+def router(wiring: Wiring) -> Router:
+    return wiring.router
+
+
+def route_of(router: Router) -> Route:
+    route = router.table.get("chat")
     assert route is not None
     return route
 
@@ -67,12 +77,10 @@ async def settle(sender: ShadowSender) -> None:
     await asyncio.gather(*list(sender._tasks))
 
 
-async def test_a_copy_goes_to_the_shadow_version_as_a_plain_request(
-    dispatcher: Dispatcher, metrics: Metrics
-) -> None:
+async def test_a_copy_goes_to_the_shadow_version_as_a_plain_request(router: Router, metrics: Metrics) -> None:
     upstream = FakeUpstream(reply=ANSWER)
-    sender = ShadowSender(dispatcher, upstream, metrics)  # type: ignore[arg-type]
-    route = route_of(dispatcher)
+    sender = ShadowSender(router, upstream, metrics)  # type: ignore[arg-type]
+    route = route_of(router)
 
     sender.send(route, [route.versions["v2"]], "/v1/chat/completions", dict(DATA))
     await settle(sender)
@@ -86,10 +94,10 @@ async def test_a_copy_goes_to_the_shadow_version_as_a_plain_request(
     assert metric_total(metrics, "offload_shadow_requests_total", version="v2", outcome="ok") == 1
 
 
-async def test_the_callers_data_is_not_changed_by_the_copy(dispatcher: Dispatcher, metrics: Metrics) -> None:
-    sender = ShadowSender(dispatcher, FakeUpstream(reply=ANSWER), metrics)  # type: ignore[arg-type]
+async def test_the_callers_data_is_not_changed_by_the_copy(router: Router, metrics: Metrics) -> None:
+    sender = ShadowSender(router, FakeUpstream(reply=ANSWER), metrics)  # type: ignore[arg-type]
     data = dict(DATA)
-    route = route_of(dispatcher)
+    route = route_of(router)
 
     sender.send(route, [route.versions["v2"]], "/v1/chat/completions", data)
     await settle(sender)
@@ -97,13 +105,11 @@ async def test_the_callers_data_is_not_changed_by_the_copy(dispatcher: Dispatche
     assert data == DATA
 
 
-async def test_a_shadow_without_a_healthy_replica_is_skipped(
-    dispatcher: Dispatcher, metrics: Metrics
-) -> None:
+async def test_a_shadow_without_a_healthy_replica_is_skipped(router: Router, metrics: Metrics) -> None:
     upstream = FakeUpstream(reply=ANSWER)
-    sender = ShadowSender(dispatcher, upstream, metrics)  # type: ignore[arg-type]
-    dispatcher.health.mark("chat-v2-0", State.DOWN)
-    route = route_of(dispatcher)
+    sender = ShadowSender(router, upstream, metrics)  # type: ignore[arg-type]
+    router.breakers.mark("chat-v2-0", State.DOWN)
+    route = route_of(router)
 
     sender.send(route, [route.versions["v2"]], "/v1/chat/completions", dict(DATA))
     await settle(sender)
@@ -112,10 +118,10 @@ async def test_a_shadow_without_a_healthy_replica_is_skipped(
     assert metric_total(metrics, "offload_shadow_requests_total", version="v2", outcome="skipped") == 1
 
 
-async def test_copies_beyond_the_limit_are_skipped(dispatcher: Dispatcher, metrics: Metrics) -> None:
+async def test_copies_beyond_the_limit_are_skipped(router: Router, metrics: Metrics) -> None:
     upstream = FakeUpstream(reply=ANSWER)
-    sender = ShadowSender(dispatcher, upstream, metrics, limit=0)  # type: ignore[arg-type]
-    route = route_of(dispatcher)
+    sender = ShadowSender(router, upstream, metrics, limit=0)  # type: ignore[arg-type]
+    route = route_of(router)
 
     sender.send(route, [route.versions["v2"]], "/v1/chat/completions", dict(DATA))
 
@@ -123,9 +129,9 @@ async def test_copies_beyond_the_limit_are_skipped(dispatcher: Dispatcher, metri
     assert metric_total(metrics, "offload_shadow_requests_total", outcome="skipped") == 1
 
 
-async def test_a_failing_shadow_is_counted_and_never_raises(dispatcher: Dispatcher, metrics: Metrics) -> None:
-    sender = ShadowSender(dispatcher, FakeUpstream(error=EngineConnectError("down")), metrics)  # type: ignore[arg-type]
-    route = route_of(dispatcher)
+async def test_a_failing_shadow_is_counted_and_never_raises(router: Router, metrics: Metrics) -> None:
+    sender = ShadowSender(router, FakeUpstream(error=EngineConnectError("down")), metrics)  # type: ignore[arg-type]
+    route = route_of(router)
 
     sender.send(route, [route.versions["v2"]], "/v1/chat/completions", dict(DATA))
     await settle(sender)
@@ -136,17 +142,17 @@ async def test_a_failing_shadow_is_counted_and_never_raises(dispatcher: Dispatch
     )
 
 
-async def test_close_cancels_copies_still_running(dispatcher: Dispatcher, metrics: Metrics) -> None:
+async def test_close_cancels_copies_still_running(router: Router, metrics: Metrics) -> None:
     started = asyncio.Event()
 
     class Hanging(FakeUpstream):
         async def post_json(self, base_url: str, path: str, body: bytes) -> UpstreamReply:
             started.set()
-            await asyncio.sleep(30)
+            await asyncio.Event().wait()
             raise AssertionError("not cancelled")
 
-    sender = ShadowSender(dispatcher, Hanging(), metrics)  # type: ignore[arg-type]
-    route = route_of(dispatcher)
+    sender = ShadowSender(router, Hanging(), metrics)  # type: ignore[arg-type]
+    route = route_of(router)
     sender.send(route, [route.versions["v2"]], "/v1/chat/completions", dict(DATA))
     await started.wait()
 
@@ -156,11 +162,12 @@ async def test_close_cancels_copies_still_running(dispatcher: Dispatcher, metric
 
 
 async def test_chat_answers_from_the_primary_and_shadows_the_request(
-    dispatcher: Dispatcher, metrics: Metrics
+    wiring: Wiring, metrics: Metrics
 ) -> None:
     upstream = FakeUpstream(reply=ANSWER)
-    shadows = ShadowSender(dispatcher, upstream, metrics)  # type: ignore[arg-type]
-    chat = ChatService(dispatcher, upstream, metrics, shadows)  # type: ignore[arg-type]
+    router = wiring.router
+    shadows = ShadowSender(router, upstream, metrics)  # type: ignore[arg-type]
+    chat = ChatService(router, wiring.failover, wiring.leases, upstream, metrics, shadows)  # type: ignore[arg-type]
     record = RequestRecord(request_id="req-shadow", route="/v1/chat/completions")
     data, request = chat.prepare(orjson.dumps({"model": "chat", "messages": DATA["messages"]}), record)
 
@@ -170,3 +177,27 @@ async def test_chat_answers_from_the_primary_and_shadows_the_request(
     assert answer["model"] == "chat:v1"
     assert record.public_model == "chat:v1"
     assert sorted(url for url, _, _ in upstream.calls) == [V1, V2]
+
+
+async def test_a_copy_goes_to_the_least_loaded_healthy_replica_of_the_shadow_version(
+    metrics: Metrics,
+) -> None:
+    busy, idle = "http://127.0.0.2:8002", "http://127.0.0.3:8002"
+    config = CONFIG.replace(
+        f'{{url: "{V2}", served_name: chat-two}}', f'{{url: "{busy}"}}, {{url: "{idle}"}}'
+    )
+    wiring = up(config, metrics)
+    wiring.loads.begin("chat-v2-0")
+    upstream = FakeUpstream(reply=ANSWER)
+    sender = ShadowSender(wiring.router, upstream, metrics)  # type: ignore[arg-type]
+    route = route_of(wiring.router)
+
+    sender.send(route, [route.versions["v2"]], "/v1/chat/completions", dict(DATA))
+    await settle(sender)
+    wiring.breakers.mark("chat-v2-1", State.DOWN)
+    sender.send(route, [route.versions["v2"]], "/v1/chat/completions", dict(DATA))
+    await settle(sender)
+
+    assert [url for url, _, _ in upstream.calls] == [idle, busy]
+    assert metric_total(metrics, "offload_shadow_requests_total", replica="chat-v2-1", outcome="ok") == 1
+    assert metric_total(metrics, "offload_shadow_requests_total", replica="chat-v2-0", outcome="ok") == 1
