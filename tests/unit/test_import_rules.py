@@ -103,7 +103,11 @@ def _lint_copy(root: Path) -> subprocess.CompletedProcess[str]:
         # the lower package reaching up into the gateway
         ("engines/hostinfo.py", "import gateway.config", "engines is the lower layer"),
         # a service importing the web framework
-        ("gateway/services/parsing.py", "import litestar", "only gateway.api and gateway.app import litestar"),
+        (
+            "gateway/services/parsing.py",
+            "import litestar",
+            "only gateway.api and gateway.app import litestar",
+        ),
     ],
 )
 def test_an_import_across_a_layer_breaks_a_contract(

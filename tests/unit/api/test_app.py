@@ -12,7 +12,6 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from gateway.api.front import FrontDoor
-
 from gateway.app import create_app
 from gateway.config import EngineConfig, ModelConfig, OffloadConfig
 from gateway.routing.breaker import State
@@ -82,7 +81,9 @@ async def test_health_is_200_while_the_process_serves(client: AsyncTestClient[Fr
     assert response.json() == {"status": "ok"}
 
 
-async def test_ready_is_503_naming_models_without_a_healthy_engine(client: AsyncTestClient[FrontDoor]) -> None:
+async def test_ready_is_503_naming_models_without_a_healthy_engine(
+    client: AsyncTestClient[FrontDoor],
+) -> None:
     response = await client.get("/ready")
 
     assert response.status_code == 503

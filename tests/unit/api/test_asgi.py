@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.api.asgi import ScopeHeaders, read_body
-from gateway.errors import ClientDisconnected
-from gateway.errors import RequestTooLargeError
+from gateway.errors import ClientDisconnected, RequestTooLargeError
 
 
 def receiver(*messages: dict[str, Any]) -> Any:
