@@ -6,9 +6,11 @@ never imports the engines package. With ``offload serve`` (engines run elsewhere
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
+# Runtime-checkable: Litestar checks the type of what it injects into a handler.
+@runtime_checkable
 class EngineControl(Protocol):
     """Lifecycle of locally supervised engines, addressed by base URL (replica) or name (admin)."""
 

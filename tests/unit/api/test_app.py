@@ -17,7 +17,7 @@ from gateway.config import EngineConfig, ModelConfig, OffloadConfig
 from gateway.routing.breaker import State
 from gateway.routing.router import Router
 from gateway.settings import HealthSettings, LogSettings, ServerSettings, Settings
-from tests.unit.fakes import closed_port
+from tests.unit.fakes import FakeEngines, closed_port
 from tests.unit.samples import exposition_total
 
 RETRY_AFTER = 9
@@ -373,3 +373,56 @@ async def test_paths_clients_make_up_do_not_become_metric_labels(client: AsyncTe
     assert (
         exposition_total(text, "offload_requests_total", endpoint="/v1/models/{model}", status="404") or 0
     ) >= 1
+
+
+# --- with local engines (offload run): the engine control is injected into the routes ------------
+
+
+class RecordingControl(FakeEngines):
+    """An engine control whose one engine, ``chat``, is stopped and can be started on demand."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__({url})
+        self.acts: list[tuple[str, str]] = []
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"name": "chat", "state": "stopped" if self.startable else "ready"}]
+
+    async def act(self, name: str, action: str) -> None:
+        if name != "chat":
+            raise KeyError(name)
+        self.acts.append((name, action))
+
+    def log_tail(self, name: str, lines: int) -> list[str]:
+        if name != "chat":
+            raise KeyError(name)
+        return ["line"] * min(lines, 3)
+
+
+async def test_the_engine_routes_and_readiness_use_the_injected_engine_control(port: int) -> None:
+    settings = Settings(
+        health=HealthSettings(probe_interval=600, probe_timeout=1), log=LogSettings(access=False)
+    )
+    url = f"http://127.0.0.1:{port}"
+    config = OffloadConfig(models=(ModelConfig(name="chat", task="chat", engine=EngineConfig(url=url)),))
+    control = RecordingControl(url)
+    async with AsyncTestClient(app=create_app(settings, config, engines=control)) as client:
+        listed = await client.get("/admin/engines")
+        acted = await client.post("/admin/engines/chat/restart")
+        unknown = await client.post("/admin/engines/nope/start")
+        logs = await client.get("/admin/engines/chat/logs", params={"lines": 2})
+        ready = await client.get("/ready", params={"all": "true"})
+
+    assert listed.status_code == 200 and listed.json()["data"] == [{"name": "chat", "state": "stopped"}]
+    assert acted.status_code == 200 and control.acts == [("chat", "restart")]
+    assert unknown.status_code == 404
+    assert logs.json()["lines"] == ["line", "line"]
+    # a stopped on-demand engine is routable: the first request starts it
+    assert ready.status_code == 200 and ready.json()["models"] == {"chat": True}
+
+
+async def test_without_local_engines_the_engine_routes_are_404(client: AsyncTestClient[FrontDoor]) -> None:
+    response = await client.get("/admin/engines")
+
+    assert response.status_code == 404
+    assert_openai_error(response.json(), "invalid_request_error", "not_found")
