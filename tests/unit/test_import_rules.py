@@ -1,4 +1,4 @@
-"""The layering rules of DESIGN.md, checked by import-linter and by a direct AST scan."""
+"""The layering rules (README, "Layout"), checked by import-linter and by a direct AST scan."""
 
 from __future__ import annotations
 

@@ -51,3 +51,16 @@ def test_console_lines_carry_the_summary() -> None:
 
     text = out.getvalue().decode()
     assert "request" in text and "req-1" in text and "status" in text
+
+
+def test_every_line_logged_while_a_request_id_is_bound_carries_it() -> None:
+    out = io.BytesIO()
+    configure_logging(LogSettings(format="json"), out)
+
+    with structlog.contextvars.bound_contextvars(request_id="req-77"):
+        structlog.get_logger("offload.errors").error("unhandled error", path="/v1/chat/completions")
+    structlog.get_logger("offload.health").info("replica state")
+
+    inside, outside = (orjson.loads(line) for line in out.getvalue().splitlines())
+    assert inside["request_id"] == "req-77" and inside["event"] == "unhandled error"
+    assert "request_id" not in outside
