@@ -52,14 +52,14 @@ class _Background:
         self,
         settings: Settings,
         config: OffloadConfig,
-        router: Router,
+        routing: tuple[Router, Breakers],
         monitor: HealthMonitor,
         closing: tuple[ShadowSender, Upstream],
     ) -> None:
         self._settings = settings
         self._needs_dns = bool(dns_names(config))
         self._monitor = monitor
-        self._source = TableSource(config, router, monitor)
+        self._source = TableSource(config, *routing, monitor)
         self._reloader = ConfigReloader(settings.config, self._source) if settings.config else None
         self._closing = closing
 
@@ -115,16 +115,19 @@ def create_app(
     upstream = upstream or Upstream(up)
     router = Router(RouteTable.from_config(config), breakers, loads, h.retry_after_seconds)
     leases = Leases(breakers, loads, engines, h.retry_after_seconds)
-    on_demand = OnDemand(router, engines, up, h.retry_after_seconds) if engines is not None else None
+    on_demand = (
+        OnDemand(router, breakers, engines, up, h.retry_after_seconds) if engines is not None else None
+    )
     failover = Failover(router, leases, metrics, on_demand, up.max_retries, up.request_timeout)
     shadows = ShadowSender(router, upstream, metrics, up.max_shadow_in_flight)
     monitor = HealthMonitor(lambda: router.table, breakers, loads, upstream, metrics, h)
-    background = _Background(settings, config, router, monitor, (shadows, upstream))
+    background = _Background(settings, config, (router, breakers), monitor, (shadows, upstream))
 
     app = Litestar(
         route_handlers=[ModelsController, OpsController, EnginesController],
         dependencies={
             "router": _const(router),
+            "breakers": _const(breakers),
             "engines": _const(engines),
             "metrics": _const(metrics),
             "started_at": _const(int(time.time())),

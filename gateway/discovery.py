@@ -16,6 +16,7 @@ import structlog
 
 from gateway.config import OffloadConfig
 from gateway.monitor import HealthMonitor
+from gateway.routing.breaker import Breakers
 from gateway.routing.router import Router
 from gateway.routing.table import RouteTable
 
@@ -42,10 +43,13 @@ async def resolve(name: str) -> list[str]:
 class TableSource:
     """Holds the running configuration and DNS answers; rebuilds and swaps the route table."""
 
-    def __init__(self, config: OffloadConfig, router: Router, monitor: HealthMonitor) -> None:
+    def __init__(
+        self, config: OffloadConfig, router: Router, breakers: Breakers, monitor: HealthMonitor
+    ) -> None:
         self.config = config
         self.resolved: dict[str, list[str]] = {}
         self._router = router
+        self._breakers = breakers
         self._monitor = monitor
         self._lock = asyncio.Lock()
 
@@ -65,7 +69,7 @@ class TableSource:
             new = tuple(r for r in table.replicas() if (r.id, r.base_url) not in known)
             if new:
                 # A replica id that now points elsewhere starts over: probe before it takes traffic.
-                self._router.breakers.forget_ids({r.id for r in new})
+                self._breakers.forget_ids({r.id for r in new})
                 await self._monitor.probe_all(new)
             self._router.replace_table(table)
             if resolved != self.resolved:

@@ -100,21 +100,23 @@ class FrontDoor:
                 _served_headers(record, message)
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=record.request_id):
-            try:
-                hot = self._hot.get(scope["path"])
-                if hot is None:
-                    scope[RECORD_KEY] = record  # for api.errors' handlers
-                    await self.app(scope, receive, send_wrapper)
-                else:
-                    await self._serve_hot(hot, scope, receive, send_wrapper, record)
-            finally:
-                if record.status == 0:  # the client left before any response started
-                    record.status = 499
-                    record.error_type = record.error_type or "client_disconnected"
-                self._metrics.finish(record)
-                if self._log:
-                    log_request(_log, record)
+        # bind/reset rather than the bound_contextvars context manager: a third of the cost.
+        bound = structlog.contextvars.bind_contextvars(request_id=record.request_id)
+        try:
+            hot = self._hot.get(scope["path"])
+            if hot is None:
+                scope[RECORD_KEY] = record  # for api.errors' handlers
+                await self.app(scope, receive, send_wrapper)
+            else:
+                await self._serve_hot(hot, scope, receive, send_wrapper, record)
+        finally:
+            if record.status == 0:  # the client left before any response started
+                record.status = 499
+                record.error_type = record.error_type or "client_disconnected"
+            self._metrics.finish(record)
+            if self._log:
+                log_request(_log, record)
+            structlog.contextvars.reset_contextvars(**bound)
 
     @staticmethod
     async def _serve_hot(

@@ -9,6 +9,7 @@ from litestar.params import Parameter
 from gateway import metrics as metrics_module
 from gateway.metrics import Metrics
 from gateway.protocol import paths
+from gateway.routing.breaker import Breakers
 from gateway.routing.router import Router
 from gateway.services.engine_control import EngineControl
 
@@ -25,6 +26,7 @@ class OpsController(Controller):
     async def ready(
         self,
         router: Router,
+        breakers: Breakers,
         engines: EngineControl | None,
         require_all: bool = Parameter(query="all", default=False),
     ) -> Response[bytes]:
@@ -35,7 +37,6 @@ class OpsController(Controller):
         other models would go with it, and that model's clients would lose the gateway's 503 with
         Retry-After for a connection error. ``?all=true`` is for start-up scripts and tests.
         """
-        breakers = router.breakers
 
         def routable(base_url: str, replica_id: str) -> bool:
             # an on-demand engine that is stopped is routable: the request starts it

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.routing.table import Route, Version
 
@@ -27,9 +27,9 @@ class UnknownVersion(LookupError):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
-    """The version chosen for a request and why (for metrics and headers)."""
+class Choice(NamedTuple):
+    """The version chosen for a request and why (for metrics and headers); a named tuple, as
+    :class:`~gateway.routing.router.Pick` (made once per request)."""
 
     version: Version
     reason: str  # pinned | alias | weighted | sticky | only

@@ -23,27 +23,21 @@ class Leases:
         self._engines = engines
         self._retry_after = retry_after
 
-    def _begin(self, replica: Replica) -> None:
+    def hold(self, replica: Replica) -> Callable[[], None]:
+        """Count a stream in flight on ``replica`` until the returned release is called (once)."""
         self._loads.begin(replica.id)
         self._breakers.admit(replica.id)
         if self._engines is not None:
             self._engines.begin(replica.base_url)
-
-    def _end(self, replica: Replica) -> None:
-        self._loads.end(replica.id)
-        if self._engines is not None:
-            self._engines.end(replica.base_url)
-
-    def hold(self, replica: Replica) -> Callable[[], None]:
-        """Count a stream in flight on ``replica`` until the returned release is called (once)."""
-        self._begin(replica)
         released = False
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
-                self._end(replica)
+                self._loads.end(replica.id)
+                if self._engines is not None:
+                    self._engines.end(replica.base_url)
 
         return release
 
@@ -58,7 +52,11 @@ class Leases:
     @contextmanager
     def calling(self, replica: Replica) -> Iterator[None]:
         """Count a call in flight and feed its outcome to the replica's circuit breaker."""
-        self._begin(replica)
+        # The counting is written out here and in hold(), not shared: this runs for every request.
+        self._loads.begin(replica.id)
+        self._breakers.admit(replica.id)
+        if self._engines is not None:
+            self._engines.begin(replica.base_url)
         try:
             yield
         except EngineConnectError as exc:
@@ -80,4 +78,6 @@ class Leases:
         else:
             self._breakers.success(replica.id)
         finally:
-            self._end(replica)
+            self._loads.end(replica.id)
+            if self._engines is not None:
+                self._engines.end(replica.base_url)

@@ -7,7 +7,7 @@ how many requests may wait at once, past which they get a 503 with ``Retry-After
 from __future__ import annotations
 
 from gateway.errors import EngineUnavailableError
-from gateway.routing.breaker import State
+from gateway.routing.breaker import Breakers, State
 from gateway.routing.router import Pick, Router
 from gateway.routing.table import Route, Version
 from gateway.routing.versions import fallback_chain
@@ -19,9 +19,15 @@ class OnDemand:
     """Starts stopped on-demand engines for the requests that need them."""
 
     def __init__(
-        self, router: Router, engines: EngineControl, settings: UpstreamSettings, retry_after: int
+        self,
+        router: Router,
+        breakers: Breakers,
+        engines: EngineControl,
+        settings: UpstreamSettings,
+        retry_after: int,
     ) -> None:
         self._router = router
+        self._breakers = breakers
         self._engines = engines
         self._wait = settings.on_demand_wait
         self._max_waiting = settings.on_demand_max_waiting
@@ -66,5 +72,5 @@ class OnDemand:
                 f"The model '{version.public_id}' did not load in time; retry shortly.",
                 retry_after=self._retry_after,
             )
-        self._router.breakers.mark(startable[0].id, State.UP)  # the supervisor saw it healthy
+        self._breakers.mark(startable[0].id, State.UP)  # the supervisor saw it healthy
         return self._router.choose(route, version, exclude, key)

@@ -250,7 +250,7 @@ def wire(
         settings = UpstreamSettings(
             on_demand_wait=on_demand_wait, on_demand_max_waiting=on_demand_max_waiting
         )
-        on_demand = OnDemand(router, engines, settings, retry_after)
+        on_demand = OnDemand(router, breakers, engines, settings, retry_after)
     failover = Failover(router, leases, metrics, on_demand, max_retries, deadline)
     return Wiring(breakers, loads, router, leases, failover, on_demand)
 

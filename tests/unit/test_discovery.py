@@ -63,7 +63,7 @@ async def test_rebuild_resolves_probes_new_replicas_and_swaps_the_table() -> Non
     config = parse_config(CONFIG)
     router = Router(RouteTable.from_config(config), Breakers(), Loads(), 5)
     monitor = _Monitor()
-    source = TableSource(config, router, monitor)  # type: ignore[arg-type]
+    source = TableSource(config, router, router.breakers, monitor)  # type: ignore[arg-type]
     await source.rebuild()
     urls = {r.base_url for r in router.table.replicas()}
     assert "http://127.0.0.1:9" in urls and "http://127.0.0.1:10" in urls
@@ -85,7 +85,7 @@ async def test_rebuild_probes_only_new_replicas_and_starts_a_moved_id_over(
         breakers.mark(replica.id, State.UP)
     router = Router(before, breakers, Loads(), 5)
     monitor = _Monitor()
-    source = TableSource(config, router, monitor)  # type: ignore[arg-type]
+    source = TableSource(config, router, router.breakers, monitor)  # type: ignore[arg-type]
     # The same replica id ("chat-v1-1") now points at another engine: it must be probed again.
     moved = parse_config(CONFIG.replace("http://127.0.0.1:10", "http://127.0.0.1:11"))
 
