@@ -20,8 +20,9 @@ from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.front import FrontDoor
 from gateway.api.health import OpsController
 from gateway.api.models import ModelsController
-from gateway.config import OffloadConfig, load_config
+from gateway.config import OffloadConfig, keys_file_of, load_config
 from gateway.discovery import TableSource, dns_names
+from gateway.keys import KeyRing
 from gateway.metrics import Metrics
 from gateway.monitor import HealthMonitor
 from gateway.protocol import paths
@@ -45,6 +46,18 @@ def _const(value: object) -> Provide:
     return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
 
+class _Both:
+    """A reload applied to the keys first (a revoked key is refused at once), then the routes."""
+
+    def __init__(self, keys: KeyRing, source: TableSource) -> None:
+        self._keys = keys
+        self._source = source
+
+    async def rebuild(self, config: OffloadConfig) -> None:
+        await self._keys.rebuild(config)
+        await self._source.rebuild(config)
+
+
 class _Background:
     """What runs beside the requests: DNS discovery, health probes, configuration reloads."""
 
@@ -53,6 +66,7 @@ class _Background:
         settings: Settings,
         config: OffloadConfig,
         routing: tuple[Router, Breakers],
+        keys: KeyRing,
         monitor: HealthMonitor,
         closing: tuple[ShadowSender, Upstream],
     ) -> None:
@@ -60,7 +74,11 @@ class _Background:
         self._needs_dns = bool(dns_names(config))
         self._monitor = monitor
         self._source = TableSource(config, *routing, monitor)
-        self._reloader = ConfigReloader(settings.config, self._source) if settings.config else None
+        self._reloader = (
+            ConfigReloader(settings.config, _Both(keys, self._source), keys_file_of(config, settings.config))
+            if settings.config
+            else None
+        )
         self._closing = closing
 
     @contextlib.asynccontextmanager
@@ -121,7 +139,8 @@ def create_app(
     failover = Failover(router, leases, metrics, on_demand, up.max_retries, up.request_timeout)
     shadows = ShadowSender(router, upstream, metrics, up.max_shadow_in_flight)
     monitor = HealthMonitor(lambda: router.table, breakers, loads, upstream, metrics, h)
-    background = _Background(settings, config, (router, breakers), monitor, (shadows, upstream))
+    keys = KeyRing(config.auth)
+    background = _Background(settings, config, (router, breakers), keys, monitor, (shadows, upstream))
 
     app = Litestar(
         route_handlers=[ModelsController, OpsController, EnginesController],
@@ -146,4 +165,4 @@ def create_app(
         ),
     }
     # Litestar types its ASGI signature with its own TypedDicts: the same messages, typed narrower.
-    return FrontDoor(cast("ASGIApp", app), hot, metrics, settings.log.access)
+    return FrontDoor(cast("ASGIApp", app), hot, metrics, settings.log.access, keys)

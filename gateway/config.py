@@ -8,11 +8,12 @@ See ``deploy/examples/offload.yaml`` for a documented example.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from engines.spec import EngineLaunch
 from engines.spec import Task as Task  # re-exported: routing and services name tasks too
@@ -186,10 +187,36 @@ class ModelConfig(_Strict):
         ]
 
 
+class KeyConfig(_Strict):
+    """One API key, by the SHA-256 of its text (``offload keys new`` makes both): the key itself is
+    never stored."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="shown in logs and metrics")
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256: and the key's hex digest")
+    models: tuple[str, ...] | None = Field(default=None, description="public model names; absent: every one")
+    admin: bool = Field(default=False, description="may use /admin (and /metrics when protected)")
+    expires: datetime | None = Field(default=None, description="refused from this time on (ISO 8601)")
+
+
+_KEYS = TypeAdapter(tuple[KeyConfig, ...])
+
+
+class AuthConfig(_Strict):
+    """Who may call the gateway. With no keys at all the gateway is keyless (loopback only, unless
+    ``OFFLOAD_SERVER__ALLOW_KEYLESS`` says otherwise)."""
+
+    keys: tuple[KeyConfig, ...] = ()
+    keys_file: Path | None = Field(
+        default=None, description="a YAML file with `keys:`, relative to this file (e.g. a Kubernetes Secret)"
+    )
+    protect_metrics: bool = Field(default=False, description="/metrics needs an admin key")
+
+
 class OffloadConfig(_Strict):
     """The whole file."""
 
     models: tuple[ModelConfig, ...] = Field(min_length=1)
+    auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> OffloadConfig:
@@ -201,6 +228,14 @@ class OffloadConfig(_Strict):
         clash = sorted({p for h, p in ports if ports.count((h, p)) > 1})
         if clash:
             raise ValueError(f"local engines share a port: {clash}")
+        keys = self.auth.keys
+        for label, values in (("names", [k.name for k in keys]), ("hashes", [k.hash for k in keys])):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"API key {label} must be unique; repeated: {', '.join(repeated)}")
+        unknown = sorted({m for k in keys for m in k.models or () if m not in names})
+        if unknown:
+            raise ValueError(f"API keys name models that are not configured: {', '.join(unknown)}")
         return self
 
     def model(self, name: str) -> ModelConfig | None:
@@ -263,4 +298,37 @@ def load_config(path: Path | None) -> OffloadConfig:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
-    return parse_config(text, str(path))
+    config = parse_config(text, str(path))
+    keys_file = keys_file_of(config, path)
+    if keys_file is None:
+        return config
+    extra = _read_keys(keys_file)
+    data = config.model_dump(mode="python")
+    data["auth"]["keys"] = [*data["auth"]["keys"], *(k.model_dump(mode="python") for k in extra)]
+    try:
+        return OffloadConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, f"{path} with {keys_file}")) from None
+
+
+def keys_file_of(config: OffloadConfig, path: Path) -> Path | None:
+    """The keys file ``config`` names, resolved against the configuration file's folder."""
+    name = config.auth.keys_file
+    return None if name is None else (path.parent / name.expanduser())
+
+
+def _read_keys(path: Path) -> tuple[KeyConfig, ...]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read keys file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {path}: {exc}") from None
+    if not isinstance(data, dict) or set(data) != {"keys"}:
+        raise ConfigError(f"invalid keys file {path}: expected a mapping with only 'keys'")
+    try:
+        return _KEYS.validate_python(data["keys"] or ())
+    except ValidationError as exc:
+        lines = [f"invalid keys file {path}:"]
+        lines += [f"  keys.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None

@@ -5,6 +5,8 @@ with each error's status and OpenAI ``code``::
 
     GatewayError                  500 internal_error    a bug (logged; the client gets a bare 500)
     ├── InvalidRequestError       400 invalid_request   malformed JSON, schema violation (names the field)
+    ├── AuthenticationError       401 invalid_api_key   no key, an unknown, revoked or expired key
+    ├── PermissionDeniedError     403 permission_denied a key that is not an admin key on /admin
     ├── NotFoundError             404 not_found         no such URL, no such engine (admin)
     ├── ModelNotFoundError        404 model_not_found   unknown model or version
     ├── MethodNotAllowedError     405 method_not_allowed
@@ -59,6 +61,23 @@ class InvalidRequestError(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class AuthenticationError(GatewayError):
+    """No API key, or one the gateway does not know (401, ``invalid_api_key``: the OpenAI SDK raises
+    ``AuthenticationError``)."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(GatewayError):
+    """A valid key asking for what it may not do (403, ``permission_denied``)."""
+
+    status = 403
+    type = "permission_denied"
+    code = "permission_denied"
 
 
 class NotFoundError(GatewayError):

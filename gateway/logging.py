@@ -51,6 +51,7 @@ def log_request(logger: structlog.typing.FilteringBoundLogger, record: RequestRe
         "request",
         request_id=record.request_id,
         route=record.route,
+        key=record.key,
         model=record.model,
         served=record.public_model,
         replica=record.replica,

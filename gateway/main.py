@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
 import uvicorn
+import yaml
+from pydantic import ValidationError
 
-from gateway.config import ConfigError, OffloadConfig, load_config
+from gateway.config import ConfigError, KeyConfig, OffloadConfig, load_config
 from gateway.logging import configure_logging
 from gateway.settings import Settings
 
@@ -20,6 +24,9 @@ if TYPE_CHECKING:
     from engines.supervisor import Supervisor
     from gateway.api.front import FrontDoor
     from gateway.services.engine_control import EngineControl
+
+
+_log = structlog.get_logger("offload.main")
 
 
 def app_from_env() -> FrontDoor:
@@ -59,6 +66,58 @@ def serve(settings: Settings, config: OffloadConfig, engines: EngineControl | No
         log_level="warning",
         timeout_graceful_shutdown=10,
     )
+
+
+def exposure_problem(settings: Settings, config: OffloadConfig) -> str | None:
+    """Why the gateway must not start as configured (None: it may). Secure by default: reachable
+    from other machines only with API keys, unless keyless mode is asked for explicitly."""
+    host = settings.server.host
+    if config.auth.keys or _is_loopback(host):
+        return None
+    if settings.server.allow_keyless:
+        _log.warning("serving without API keys beyond loopback (OFFLOAD_SERVER__ALLOW_KEYLESS)", host=host)
+        return None
+    return (
+        f"refusing to serve on {host} without API keys: anyone who can reach it could use every model. "
+        "Add keys (`offload keys new NAME` prints one and its entry for `auth.keys`), or set "
+        "OFFLOAD_SERVER__ALLOW_KEYLESS=true to serve keyless on purpose."
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost: it may resolve to anything
+
+
+def keys_cli(args: argparse.Namespace) -> int:
+    """``offload keys new NAME``: a new key, printed once, and the entry to paste (its hash only)."""
+    if args.action != "new" or not args.name:
+        print("usage: offload keys new NAME [--models A,B] [--admin] [--expires ISO-8601]", file=sys.stderr)
+        return 2
+    from gateway.keys import hash_key, new_key
+
+    try:
+        entry = KeyConfig(
+            name=args.name,
+            hash="sha256:" + "0" * 64,
+            models=tuple(m for m in args.models.split(",") if m) if args.models else None,
+            admin=args.admin,
+            expires=args.expires,
+        )
+    except ValidationError as exc:
+        print(f"offload: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    key = new_key()
+    entry = entry.model_copy(update={"hash": hash_key(key)})
+    print(f"API key for {entry.name} (shown once; only its hash is kept):\n\n  {key}\n")
+    print("Add this entry under `auth: keys:` in the configuration, or under `keys:` in its keys file:\n")
+    body = entry.model_dump(mode="json", exclude_defaults=True)
+    print(yaml.safe_dump([body], sort_keys=False).rstrip())
+    return 0
 
 
 def run(settings: Settings, config: OffloadConfig) -> int:
@@ -160,15 +219,20 @@ def engines_cli(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``offload`` console script."""
     parser = argparse.ArgumentParser(prog="offload", description=__doc__)
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "serve", "prepare", "engines"])
+    parser.add_argument(
+        "command", nargs="?", default="run", choices=["run", "serve", "prepare", "engines", "keys"]
+    )
     parser.add_argument(
         "action",
         nargs="?",
         default="list",
-        choices=["list", "start", "stop", "restart", "logs"],
-        help="with `engines`",
+        choices=["list", "start", "stop", "restart", "logs", "new"],
+        help="with `engines`: list, start, stop, restart, logs; with `keys`: new",
     )
-    parser.add_argument("name", nargs="?", help="with `engines`: the engine")
+    parser.add_argument("name", nargs="?", help="with `engines`: the engine; with `keys new`: the key's name")
+    parser.add_argument("--models", help="with `keys new`: the models the key may use (comma-separated)")
+    parser.add_argument("--admin", action="store_true", help="with `keys new`: an admin key")
+    parser.add_argument("--expires", help="with `keys new`: refused from this time (ISO 8601)")
     parser.add_argument("--url", help="with `engines`: the gateway (default http://HOST:PORT)")
     parser.add_argument("--lines", type=int, default=50, help="with `engines logs`")
     parser.add_argument("--config", type=Path, help="configuration file (default: $OFFLOAD_CONFIG)")
@@ -186,12 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log)
     if args.command == "engines":
         return engines_cli(args, settings)
+    if args.command == "keys":
+        return keys_cli(args)
     try:
         config = load_config(settings.config)
     except ConfigError as exc:
         print(f"offload: {exc}", file=sys.stderr)
         return 2
 
+    if args.command in ("run", "serve"):
+        problem = exposure_problem(settings, config)
+        if problem is not None:
+            print(f"offload: {problem}", file=sys.stderr)
+            return 2
     if args.command == "serve":
         serve(settings, config)
         return 0

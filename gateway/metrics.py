@@ -70,6 +70,15 @@ class Metrics:
             "offload_completion_tokens", "Completion tokens generated", _SERVED, registry=r
         )
         self.in_flight = Gauge("offload_requests_in_flight", "Requests being served", ["model"], registry=r)
+        self.key_requests = Counter(
+            "offload_key_requests", "Requests by API key name", ["key", "model", "version"], registry=r
+        )
+        self.key_tokens = Counter(
+            "offload_key_tokens",
+            "Tokens by API key name (kind: prompt or completion)",
+            ["key", "model", "version", "kind"],
+            registry=r,
+        )
         self.replica_up = Gauge("offload_replica_up", "1 when the replica takes traffic", _SERVED, registry=r)
         self.replica_in_flight = Gauge(
             "offload_replica_in_flight", "Requests outstanding on the replica", _SERVED, registry=r
@@ -129,6 +138,13 @@ class Metrics:
             child(self.prompt_tokens, *served).inc(record.prompt_tokens)
         if record.completion_tokens:
             child(self.completion_tokens, *served).inc(record.completion_tokens)
+        if record.key is not None:  # usage by API key (configured names: a bounded set)
+            by_key = (record.key, model, served[1])
+            child(self.key_requests, *by_key).inc()
+            if record.prompt_tokens:
+                child(self.key_tokens, *by_key, "prompt").inc(record.prompt_tokens)
+            if record.completion_tokens:
+                child(self.key_tokens, *by_key, "completion").inc(record.completion_tokens)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -15,6 +15,8 @@ class RequestRecord:
 
     request_id: str
     route: str = ""
+    key: str | None = None  # the API key's configured name (never the key itself)
+    allowed_models: frozenset[str] | None = None  # what the key may use; None: every model
     model: str | None = None  # as requested (for the log)
     routed_model: str | None = None  # a configured model name (safe as a metric label)
     in_flight: bool = False

@@ -19,6 +19,8 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Serving beyond loopback with no API key configured must be asked for in so many words.
+    allow_keyless: bool = False
 
 
 class UpstreamSettings(BaseModel):
@@ -60,7 +62,8 @@ class HealthSettings(BaseModel):
 class ReloadSettings(BaseModel):
     """Configuration reload (also on SIGHUP)."""
 
-    watch_interval: float = Field(default=2.0, ge=0, description="file change polling; 0 disables")
+    # Half a second: a revoked API key is refused within a second of its file changing.
+    watch_interval: float = Field(default=0.5, ge=0, description="file change polling; 0 disables")
 
 
 class LogSettings(BaseModel):

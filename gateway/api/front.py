@@ -25,7 +25,8 @@ import structlog
 
 from gateway.api.asgi import RECORD_KEY, ASGIApp, Message, Receive, Scope, Send, send_json
 from gateway.api.errors import error_body, unexpected
-from gateway.errors import GatewayError, MethodNotAllowedError
+from gateway.errors import AuthenticationError, GatewayError, MethodNotAllowedError, PermissionDeniedError
+from gateway.keys import KeyRing, presented_key
 from gateway.logging import log_request
 from gateway.protocol import paths
 from gateway.record import RequestRecord
@@ -42,6 +43,9 @@ _VERSION = b"x-offload-version"
 _ENDPOINTS = frozenset({paths.CHAT_COMPLETIONS, paths.EMBEDDINGS, paths.MODELS})
 _MODEL_PREFIX = paths.MODELS + "/"
 _ALLOW_POST = {"Allow": "POST"}
+_NO_KEY = (
+    "Missing or invalid API key. Send it as 'Authorization: Bearer KEY' (the OpenAI SDK's api_key does)."
+)
 _log = structlog.get_logger("offload.access")
 
 
@@ -81,15 +85,27 @@ class FrontDoor:
     """The ASGI app served by uvicorn: ``hot`` routes by path, ``app`` (Litestar) for the rest."""
 
     def __init__(
-        self, app: ASGIApp, hot: Mapping[str, HotHandler], metrics: Metrics, log_requests: bool
+        self,
+        app: ASGIApp,
+        hot: Mapping[str, HotHandler],
+        metrics: Metrics,
+        log_requests: bool,
+        keys: KeyRing | None = None,
     ) -> None:
         self.app = app
         self._hot = dict(hot)
         self._metrics = metrics
         self._log = log_requests
+        self._keys = keys if keys is not None else KeyRing()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(paths.API_PREFIX):
+            if self._keys.enabled and scope["type"] == "http" and self._keys.guards(scope["path"]):
+                error = self._admin_error(scope)
+                if error is not None:
+                    body, headers = error_body(error)
+                    await send_json(send, body, error.status, headers)
+                    return
             await self.app(scope, receive, send)  # lifespan, probes and scrapes: no record, no log line
             return
         record = RequestRecord(request_id=_request_id(scope), route=endpoint_of(scope["path"]))
@@ -103,6 +119,9 @@ class FrontDoor:
         # bind/reset rather than the bound_contextvars context manager: a third of the cost.
         bound = structlog.contextvars.bind_contextvars(request_id=record.request_id)
         try:
+            if self._keys.enabled and not self._admit(scope, record):
+                await self._refuse(send_wrapper, record)
+                return
             hot = self._hot.get(scope["path"])
             if hot is None:
                 scope[RECORD_KEY] = record  # for api.errors' handlers
@@ -117,6 +136,30 @@ class FrontDoor:
             if self._log:
                 log_request(_log, record)
             structlog.contextvars.reset_contextvars(**bound)
+
+    def _admit(self, scope: Scope, record: RequestRecord) -> bool:
+        """Note the key's name and models on the record; False when the key is missing or wrong."""
+        principal = self._keys.lookup(presented_key(scope["headers"]))
+        if principal is None:
+            return False
+        record.key, record.allowed_models = principal.name, principal.models
+        return True
+
+    @staticmethod
+    async def _refuse(send: Send, record: RequestRecord) -> None:
+        error = AuthenticationError(_NO_KEY)
+        record.error_type = error.code
+        body, headers = error_body(error)
+        await send_json(send, body, error.status, headers)
+
+    def _admin_error(self, scope: Scope) -> GatewayError | None:
+        """None when the request carries an admin key; else why not (401 or 403)."""
+        principal = self._keys.lookup(presented_key(scope["headers"]))
+        if principal is None:
+            return AuthenticationError(_NO_KEY)
+        if not principal.admin:
+            return PermissionDeniedError("This API key is not an admin key.")
+        return None
 
     @staticmethod
     async def _serve_hot(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get
+from typing import Any
 
+from litestar import Controller, Request, Response, get
+
+from gateway.api.asgi import record_of
 from gateway.errors import ModelNotFoundError
 from gateway.protocol import paths
 from gateway.protocol.models import ModelCard, ModelList
@@ -30,24 +33,36 @@ def _cards(route: Route, created: int) -> list[ModelCard]:
     return cards
 
 
+def _visible(request: Request[Any, Any, Any], router: Router) -> list[Route]:
+    """The routes the request's API key may use (every route when keys are off)."""
+    record = record_of(request.scope)
+    allowed = None if record is None else record.allowed_models
+    return [r for r in router.table.routes if allowed is None or r.model in allowed]
+
+
 class ModelsController(Controller):
     """What this gateway serves."""
 
     path = paths.MODELS
 
     @get()
-    async def list_models(self, router: Router, started_at: int) -> Response[bytes]:
-        """OpenAI list of models, with versions and aliases as their own entries."""
-        cards = [card for route in router.table.routes for card in _cards(route, started_at)]
+    async def list_models(
+        self, request: Request[Any, Any, Any], router: Router, started_at: int
+    ) -> Response[bytes]:
+        """OpenAI list of models, with versions and aliases as their own entries (only those the
+        request's API key may use)."""
+        cards = [card for route in _visible(request, router) for card in _cards(route, started_at)]
         return Response(
             ModelList(data=cards).model_dump_json(exclude_none=True).encode(), media_type="application/json"
         )
 
     @get("/{model:path}")
-    async def get_model(self, model: str, router: Router, started_at: int) -> Response[bytes]:
+    async def get_model(
+        self, request: Request[Any, Any, Any], model: str, router: Router, started_at: int
+    ) -> Response[bytes]:
         """One model, version or alias (names may contain ``/``); 404 ``model_not_found`` otherwise."""
         model = model.lstrip("/")
-        for route in router.table.routes:
+        for route in _visible(request, router):
             for card in _cards(route, started_at):
                 if card.id == model:
                     return Response(

@@ -55,15 +55,28 @@ class Router:
         self.breakers.forget(keep)
         self.loads.forget(keep)
 
-    def route(self, requested: str, task: Task) -> tuple[Route, str | None]:
-        """The route for a requested model (``chat``, ``chat:v2``, ``chat:stable``) and its selector."""
+    def route(
+        self, requested: str, task: Task, allowed: frozenset[str] | None = None
+    ) -> tuple[Route, str | None]:
+        """The route for a requested model (``chat``, ``chat:v2``, ``chat:stable``) and its selector.
+
+        ``allowed``: the public model names the caller's key may use (None: all). Checked on the
+        resolved route, so neither an alias nor a ``name:version`` gets around it, and a model the
+        key may not use is answered exactly as one that does not exist.
+        """
         route = self._table.get(requested)
         selector = None
         if route is None:
             name, selector = split_model(requested)
             route = self._table.get(name) if selector is not None else None
+        if route is not None and allowed is not None and route.model not in allowed:
+            route = None
         if route is None:
-            known = ", ".join(r.model for r in self._table.routes if r.task == task)
+            known = ", ".join(
+                r.model
+                for r in self._table.routes
+                if r.task == task and (allowed is None or r.model in allowed)
+            )
             raise ModelNotFoundError(
                 f"The model '{requested}' does not exist. Available {_TASK_NAMES[task]} models: {known}.",
                 param="model",
@@ -75,11 +88,17 @@ class Router:
         return route, selector
 
     def resolve(
-        self, requested: str, task: Task, session: str | None, headers: Mapping[str, str] | None = None
+        self,
+        requested: str,
+        task: Task,
+        session: str | None,
+        headers: Mapping[str, str] | None = None,
+        allowed: frozenset[str] | None = None,
     ) -> tuple[Route, Choice]:
         """Route and version for a request. The session key is the route's session header when
-        ``headers`` carry it, else ``session`` (the request's ``user``)."""
-        route, selector = self.route(requested, task)
+        ``headers`` carry it, else ``session`` (the request's ``user``); ``allowed`` as for
+        :meth:`route`."""
+        route, selector = self.route(requested, task, allowed)
         if headers is not None:
             session = headers.get(route.session_header) or session
         try:

@@ -44,7 +44,7 @@ def resolve(
     headers: Mapping[str, str] | None = None,
 ) -> tuple[Route, Choice]:
     """:meth:`Router.resolve`, noted on the record and counted as a routing decision."""
-    route, choice = router.resolve(requested, task, session, headers)
+    route, choice = router.resolve(requested, task, session, headers, record.allowed_models)
     record.routed_model = route.model
     record.version = choice.version.label
     metrics.begin(record)

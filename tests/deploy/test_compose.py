@@ -3,6 +3,7 @@ gateway that waits for healthy engines which its config file can reach by name."
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -173,3 +174,33 @@ def test_engine_environments_are_valid_entrypoint_specs(
         assert engine_spec["TASK"] == ("embeddings" if name.startswith("embeddings") else "chat"), name
         if profile == "cpu":  # the CPU build's `vllm` script is broken: the image must use the module
             assert engine_spec["LAUNCHER"] == "api-server", name
+
+
+def test_gateway_reads_its_api_keys_from_a_compose_secret_and_refuses_to_start_without_one(
+    spec: compose_spec.ComposeSpecification,
+) -> None:
+    import yaml
+
+    from gateway.config import load_config
+    from gateway.keys import hash_key
+    from gateway.main import exposure_problem
+    from gateway.settings import ServerSettings, Settings
+
+    raw = yaml.safe_load(COMPOSE.read_text())
+    gateway = raw["services"]["gateway"]
+    (secret,) = gateway["secrets"]
+    secret_file = (COMPOSE.parent / raw["secrets"][secret["source"]]["file"]).resolve()
+    config_path = DEPLOY / "compose" / "offload.yaml"
+    config = parse_config(config_path.read_text(), str(config_path))
+    assert str(config.auth.keys_file) == secret["target"]
+
+    # the shipped file, mounted where the configuration looks for it: valid, and empty
+    mounted = Path(tempfile.mkdtemp())
+    (mounted / "offload.yaml").write_text(config_path.read_text().replace(secret["target"], "keys.yaml"))
+    (mounted / "keys.yaml").write_text(secret_file.read_text())
+    shipped = load_config(mounted / "offload.yaml")
+    in_container = Settings(server=ServerSettings(host="0.0.0.0"))
+    assert shipped.auth.keys == () and exposure_problem(in_container, shipped) is not None
+
+    (mounted / "keys.yaml").write_text(f"keys:\n  - {{name: app, hash: '{hash_key('ofl-app')}'}}\n")
+    assert exposure_problem(in_container, load_config(mounted / "offload.yaml")) is None

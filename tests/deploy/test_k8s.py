@@ -3,6 +3,7 @@ invariants the gateway and the engines rely on hold in the rendered output (what
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -317,3 +318,19 @@ def test_multinode_model_spans_every_gpu_of_its_pods(multinode: list[Manifest]) 
     assert probe_path(vllm, "startupProbe") == "/health"
     assert probe_path(vllm, "readinessProbe") == "/health"
     load_entrypoint().read_spec({k: v for k, v in env.items() if k.startswith("OFFLOAD_ENGINE_") and v})
+
+
+def test_gateway_reads_its_api_keys_from_the_gateway_keys_secret(rendered: list[Manifest]) -> None:
+    text, path = configmap_config(rendered)
+    config = parse_config(text, path)
+    deployment = gateway(rendered)
+    (container,) = containers(deployment)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    keys_file = str(config.auth.keys_file)
+
+    mount = next(m for m in container["volumeMounts"] if keys_file.startswith(m["mountPath"] + "/"))
+    secret = named(rendered, "Secret", volumes[mount["name"]]["secret"]["secretName"])
+    key = keys_file.removeprefix(mount["mountPath"] + "/")
+    keys = yaml.safe_load(base64.b64decode(secret["data"][key]))
+    assert set(keys) == {"keys"}  # the shape the gateway reads (the shipped list is empty)
+    assert mount.get("readOnly") is True and not mount.get("subPath")  # updates reach the pod
