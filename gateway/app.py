@@ -26,11 +26,12 @@ from gateway.keys import KeyRing
 from gateway.metrics import Metrics
 from gateway.monitor import HealthMonitor
 from gateway.protocol import paths
-from gateway.reloader import ConfigReloader
+from gateway.reloader import ConfigReloader, Reloadable
 from gateway.routing.breaker import Breakers
 from gateway.routing.load import Loads
 from gateway.routing.router import Router
 from gateway.routing.table import RouteTable
+from gateway.services.caps import Caps
 from gateway.services.chat import ChatService
 from gateway.services.embeddings import EmbeddingsService
 from gateway.services.engine_control import EngineControl
@@ -46,16 +47,16 @@ def _const(value: object) -> Provide:
     return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
 
-class _Both:
-    """A reload applied to the keys first (a revoked key is refused at once), then the routes."""
+class _Reloads:
+    """A reload applied to each part in turn: the keys first (a revoked key is refused at once),
+    the caps, then the routes (whose new replicas are probed first)."""
 
-    def __init__(self, keys: KeyRing, source: TableSource) -> None:
-        self._keys = keys
-        self._source = source
+    def __init__(self, *targets: Reloadable) -> None:
+        self._targets = targets
 
     async def rebuild(self, config: OffloadConfig) -> None:
-        await self._keys.rebuild(config)
-        await self._source.rebuild(config)
+        for target in self._targets:
+            await target.rebuild(config)
 
 
 class _Background:
@@ -66,7 +67,7 @@ class _Background:
         settings: Settings,
         config: OffloadConfig,
         routing: tuple[Router, Breakers],
-        keys: KeyRing,
+        reloads: tuple[KeyRing, Caps],
         monitor: HealthMonitor,
         closing: tuple[ShadowSender, Upstream],
     ) -> None:
@@ -75,7 +76,9 @@ class _Background:
         self._monitor = monitor
         self._source = TableSource(config, *routing, monitor)
         self._reloader = (
-            ConfigReloader(settings.config, _Both(keys, self._source), keys_file_of(config, settings.config))
+            ConfigReloader(
+                settings.config, _Reloads(*reloads, self._source), keys_file_of(config, settings.config)
+            )
             if settings.config
             else None
         )
@@ -139,8 +142,8 @@ def create_app(
     failover = Failover(router, leases, metrics, on_demand, up.max_retries, up.request_timeout)
     shadows = ShadowSender(router, upstream, metrics, up.max_shadow_in_flight)
     monitor = HealthMonitor(lambda: router.table, breakers, loads, upstream, metrics, h)
-    keys = KeyRing(config.auth)
-    background = _Background(settings, config, (router, breakers), keys, monitor, (shadows, upstream))
+    keys, caps = KeyRing(config.auth), Caps(config.limits)
+    background = _Background(settings, config, (router, breakers), (keys, caps), monitor, (shadows, upstream))
 
     app = Litestar(
         route_handlers=[ModelsController, OpsController, EnginesController],
@@ -157,12 +160,14 @@ def create_app(
         openapi_config=None,
         debug=False,
     )
-    chat = ChatService(router, failover, leases, upstream, metrics, shadows)
+    chat = ChatService(router, failover, leases, upstream, metrics, shadows, caps)
     hot = {
         paths.CHAT_COMPLETIONS: chat_handler(chat, up.keepalive_interval, max_body),
         paths.EMBEDDINGS: embeddings_handler(
-            EmbeddingsService(router, failover, upstream, metrics), max_body
+            EmbeddingsService(router, failover, upstream, metrics, caps), max_body
         ),
     }
     # Litestar types its ASGI signature with its own TypedDicts: the same messages, typed narrower.
-    return FrontDoor(cast("ASGIApp", app), hot, metrics, settings.log.access, keys)
+    return FrontDoor(
+        cast("ASGIApp", app), hot, metrics, settings.log.access, keys, settings.server.max_header_bytes
+    )

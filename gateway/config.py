@@ -212,11 +212,24 @@ class AuthConfig(_Strict):
     protect_metrics: bool = Field(default=False, description="/metrics needs an admin key")
 
 
+class RequestLimits(_Strict):
+    """Caps on what one request may ask of an engine; past one, a 400 naming the parameter."""
+
+    max_n: int = Field(default=16, ge=1, description="choices per chat request (`n`)")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="`max_tokens` / `max_completion_tokens`; absent: the engine's limit"
+    )
+    max_messages: int = Field(default=1024, ge=1, description="messages per chat request")
+    max_stop: int = Field(default=4, ge=0, description="stop sequences per chat request (OpenAI's limit)")
+    max_embedding_inputs: int = Field(default=2048, ge=1, description="inputs per embeddings request")
+
+
 class OffloadConfig(_Strict):
     """The whole file."""
 
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     auth: AuthConfig = AuthConfig()
+    limits: RequestLimits = RequestLimits()
 
     @model_validator(mode="after")
     def _unique(self) -> OffloadConfig:

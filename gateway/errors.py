@@ -11,6 +11,7 @@ with each error's status and OpenAI ``code``::
     ├── ModelNotFoundError        404 model_not_found   unknown model or version
     ├── MethodNotAllowedError     405 method_not_allowed
     ├── RequestTooLargeError      413 request_too_large
+    ├── HeadersTooLargeError      431 request_header_fields_too_large
     ├── ClientDisconnected        499 client_disconnected  the client left (logged, never sent)
     ├── EngineError               502 engine_error      the engine failed: broken stream, bad answer
     ├── EngineUnavailableError    503 engine_unavailable  no healthy replica (Retry-After)
@@ -110,6 +111,14 @@ class RequestTooLargeError(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class HeadersTooLargeError(GatewayError):
+    """The request's headers exceed the configured limit (431)."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class EngineError(GatewayError):

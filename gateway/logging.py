@@ -45,6 +45,13 @@ def configure_logging(settings: LogSettings, stream: BinaryIO | None = None) -> 
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, format="%(message)s")
 
 
+def printable(value: str, limit: int = 256) -> str:
+    """A client-given value made safe for a log line: control characters escaped (a newline cannot
+    forge a line), bounded in length."""
+    value = value[:limit]
+    return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
+
+
 def log_request(logger: structlog.typing.FilteringBoundLogger, record: RequestRecord) -> None:
     """The one summary line per request. Never includes prompts, outputs or keys."""
     logger.info(
@@ -52,7 +59,7 @@ def log_request(logger: structlog.typing.FilteringBoundLogger, record: RequestRe
         request_id=record.request_id,
         route=record.route,
         key=record.key,
-        model=record.model,
+        model=None if record.model is None else printable(record.model),
         served=record.public_model,
         replica=record.replica,
         retries=record.retries or None,

@@ -25,7 +25,13 @@ import structlog
 
 from gateway.api.asgi import RECORD_KEY, ASGIApp, Message, Receive, Scope, Send, send_json
 from gateway.api.errors import error_body, unexpected
-from gateway.errors import AuthenticationError, GatewayError, MethodNotAllowedError, PermissionDeniedError
+from gateway.errors import (
+    AuthenticationError,
+    GatewayError,
+    HeadersTooLargeError,
+    MethodNotAllowedError,
+    PermissionDeniedError,
+)
 from gateway.keys import KeyRing, presented_key
 from gateway.logging import log_request
 from gateway.protocol import paths
@@ -68,6 +74,13 @@ def _request_id(scope: Scope) -> str:
     return secrets.token_hex(16)
 
 
+def _header_bytes(scope: Scope) -> int:
+    size = 0
+    for name, value in scope["headers"]:
+        size += len(name) + len(value)
+    return size
+
+
 def _served_headers(record: RequestRecord, message: Message) -> None:
     """Add the request id and what served the request (configured names only, never addresses)."""
     headers = list(message.get("headers") or ())
@@ -91,14 +104,20 @@ class FrontDoor:
         metrics: Metrics,
         log_requests: bool,
         keys: KeyRing | None = None,
+        max_header_bytes: int = 32 * 1024,
     ) -> None:
         self.app = app
         self._hot = dict(hot)
         self._metrics = metrics
         self._log = log_requests
         self._keys = keys if keys is not None else KeyRing()
+        self._max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _header_bytes(scope) > self._max_header_bytes:
+            body, headers = error_body(HeadersTooLargeError("The request headers are too large."))
+            await send_json(send, body, HeadersTooLargeError.status, {**headers, "Connection": "close"})
+            return
         if scope["type"] != "http" or not scope["path"].startswith(paths.API_PREFIX):
             if self._keys.enabled and scope["type"] == "http" and self._keys.guards(scope["path"]):
                 error = self._admin_error(scope)

@@ -21,6 +21,7 @@ from gateway.record import RequestRecord
 from gateway.routing.router import Router
 from gateway.routing.table import Replica, Route, Version
 from gateway.routing.versions import choose_shadows
+from gateway.services.caps import Caps
 from gateway.services.failover import Failover, resolve
 from gateway.services.leases import Leases
 from gateway.services.parsing import parse_body
@@ -58,7 +59,9 @@ class ChatService:
         upstream: Upstream,
         metrics: Metrics,
         shadows: ShadowSender,
+        caps: Caps,
     ) -> None:
+        self._caps = caps
         self._router = router
         self._failover = failover
         self._leases = leases
@@ -71,6 +74,7 @@ class ChatService:
         data, request = parse_body(body, ChatCompletionRequest)
         record.model = request.model
         record.stream = request.stream
+        self._caps.check_chat(request)
         return data, request
 
     def _target(self, call: _Call, headers: Mapping[str, str]) -> tuple[Route, Version, str | None]:

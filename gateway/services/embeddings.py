@@ -14,6 +14,7 @@ from gateway.protocol.embeddings import EmbeddingRequest
 from gateway.record import RequestRecord
 from gateway.routing.router import Router
 from gateway.routing.table import Replica
+from gateway.services.caps import Caps
 from gateway.services.failover import Failover, resolve
 from gateway.services.parsing import parse_body
 from gateway.services.replies import post_answer
@@ -25,7 +26,10 @@ PATH = paths.EMBEDDINGS
 class EmbeddingsService:
     """Serves ``/v1/embeddings`` for every configured embeddings model."""
 
-    def __init__(self, router: Router, failover: Failover, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(
+        self, router: Router, failover: Failover, upstream: Upstream, metrics: Metrics, caps: Caps
+    ) -> None:
+        self._caps = caps
         self._router = router
         self._failover = failover
         self._upstream = upstream
@@ -37,6 +41,7 @@ class EmbeddingsService:
         record.model = request.model
         if request.input_is_empty():
             raise InvalidRequestError("'input' must not be empty.", param="input")
+        self._caps.check_embeddings(request)
         route, choice = resolve(
             self._router, self._metrics, record, request.model, "embeddings", request.user, headers
         )

@@ -64,3 +64,16 @@ def test_every_line_logged_while_a_request_id_is_bound_carries_it() -> None:
     inside, outside = (orjson.loads(line) for line in out.getvalue().splitlines())
     assert inside["request_id"] == "req-77" and inside["event"] == "unhandled error"
     assert "request_id" not in outside
+
+
+def test_a_client_given_model_name_cannot_forge_log_lines() -> None:
+    out = io.BytesIO()
+    configure_logging(LogSettings(format="console"), out)
+    forged = record()
+    forged.model = "chat\n2026-01-01 [info] request status=200 \x1b[31m" + "x" * 1000
+
+    log_request(structlog.get_logger("offload.access"), forged)
+
+    text = out.getvalue().decode()
+    assert text.count("\n") == 1 and "\x1b" not in text
+    assert "model=" in text and "chat" in text and "x" * 300 not in text

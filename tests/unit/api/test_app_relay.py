@@ -245,3 +245,16 @@ async def test_a_version_or_alias_is_retrievable(client: AsyncTestClient[Litesta
 
     assert (version.status_code, version.json()["parent"]) == (200, "vchat")
     assert (alias.status_code, alias.json()["alias_of"]) == (200, "vchat:v1")
+
+
+async def test_too_many_embedding_inputs_are_a_400_that_never_reaches_the_engine(
+    client: AsyncTestClient[Litestar], engine: tuple[Engine, str]
+) -> None:
+    stand_in, _ = engine
+    before = len(stand_in.received)
+
+    response = await client.post("/v1/embeddings", json={"model": "embed", "input": ["x"] * 2049})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "input"
+    assert len(stand_in.received) == before

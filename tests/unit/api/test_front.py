@@ -189,3 +189,16 @@ def test_endpoint_labels_are_a_bounded_set() -> None:
     assert endpoint_of(paths.CHAT_COMPLETIONS) == paths.CHAT_COMPLETIONS
     assert endpoint_of("/v1/models/chat:v2") == paths.MODEL
     assert endpoint_of("/v1/anything-a-client-sends") == "other"
+
+
+async def test_oversized_headers_are_a_431_before_anything_else_runs() -> None:
+    door = Door(ok)
+    big = scope("POST", PATH)
+    big["headers"] = [(b"x-filler", b"a" * 40_000)]
+
+    sent = await door(big)
+
+    assert sent.status == 431 and sent.headers[b"connection"] == b"close"
+    assert orjson.loads(sent.messages[1]["body"])["error"]["code"] == "request_header_fields_too_large"
+    assert door.records == [] and door.passed_on == []
+    assert (await door(scope("POST", PATH))).status == 200  # ordinary headers are fine

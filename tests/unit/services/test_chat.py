@@ -23,6 +23,7 @@ from gateway.routing.breaker import Breakers, State
 from gateway.routing.load import Loads
 from gateway.routing.router import Router
 from gateway.routing.table import RouteTable
+from gateway.services.caps import Caps
 from gateway.services.chat import ChatService, ChatStream
 from gateway.services.failover import Failover
 from gateway.services.leases import Leases
@@ -55,7 +56,7 @@ def build(
     router: Router, failover: Failover, leases: Leases, upstream: FakeUpstream, metrics: Metrics
 ) -> ChatService:
     shadows = ShadowSender(router, upstream, metrics)  # type: ignore[arg-type]
-    return ChatService(router, failover, leases, upstream, metrics, shadows)  # type: ignore[arg-type]
+    return ChatService(router, failover, leases, upstream, metrics, shadows, Caps())  # type: ignore[arg-type]
 
 
 @pytest.fixture

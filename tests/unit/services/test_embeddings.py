@@ -20,6 +20,7 @@ from gateway.routing.breaker import Breakers, State
 from gateway.routing.load import Loads
 from gateway.routing.router import Router
 from gateway.routing.table import RouteTable
+from gateway.services.caps import Caps
 from gateway.services.embeddings import EmbeddingsService
 from gateway.services.failover import Failover
 from gateway.upstream import UpstreamReply
@@ -47,7 +48,7 @@ Service = Callable[[FakeUpstream], EmbeddingsService]
 @pytest.fixture
 def service(router: Router, failover: Failover, metrics: Metrics) -> Service:
     """An embeddings service over the shared routing pieces, answering from the given upstream."""
-    return lambda upstream: EmbeddingsService(router, failover, upstream, metrics)  # type: ignore[arg-type]
+    return lambda upstream: EmbeddingsService(router, failover, upstream, metrics, Caps())  # type: ignore[arg-type]
 
 
 async def test_embed_relays_to_the_engine_and_answers_with_the_public_name(
@@ -140,7 +141,9 @@ models:
     record = RequestRecord(request_id="r", route="/v1/embeddings")
 
     result = orjson.loads(
-        await EmbeddingsService(w.router, w.failover, upstream, metrics).embed(body(input="x"), record, {})  # type: ignore[arg-type]
+        await EmbeddingsService(w.router, w.failover, upstream, metrics, Caps()).embed(
+            body(input="x"), record, {}
+        )  # type: ignore[arg-type]
     )
 
     assert [url for url, _, _ in upstream.calls] == [first, second]

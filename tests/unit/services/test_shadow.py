@@ -12,6 +12,7 @@ from gateway.record import RequestRecord
 from gateway.routing.breaker import Breakers, State
 from gateway.routing.router import Router
 from gateway.routing.table import Route, RouteTable
+from gateway.services.caps import Caps
 from gateway.services.chat import ChatService
 from gateway.services.shadow import ShadowSender
 from gateway.upstream import UpstreamReply
@@ -167,7 +168,7 @@ async def test_chat_answers_from_the_primary_and_shadows_the_request(
     upstream = FakeUpstream(reply=ANSWER)
     router = wiring.router
     shadows = ShadowSender(router, upstream, metrics)  # type: ignore[arg-type]
-    chat = ChatService(router, wiring.failover, wiring.leases, upstream, metrics, shadows)  # type: ignore[arg-type]
+    chat = ChatService(router, wiring.failover, wiring.leases, upstream, metrics, shadows, Caps())  # type: ignore[arg-type]
     record = RequestRecord(request_id="req-shadow", route="/v1/chat/completions")
     data, request = chat.prepare(orjson.dumps({"model": "chat", "messages": DATA["messages"]}), record)
 
