@@ -38,6 +38,7 @@ from gateway.services.engine_control import EngineControl
 from gateway.services.failover import Failover
 from gateway.services.leases import Leases
 from gateway.services.on_demand import OnDemand
+from gateway.services.quotas import Quotas
 from gateway.services.shadow import ShadowSender
 from gateway.settings import Settings
 from gateway.upstream import Upstream
@@ -67,7 +68,7 @@ class _Background:
         settings: Settings,
         config: OffloadConfig,
         routing: tuple[Router, Breakers],
-        reloads: tuple[KeyRing, Caps],
+        reloads: tuple[KeyRing, Caps, Quotas],
         monitor: HealthMonitor,
         closing: tuple[ShadowSender, Upstream],
     ) -> None:
@@ -142,8 +143,9 @@ def create_app(
     failover = Failover(router, leases, metrics, on_demand, up.max_retries, up.request_timeout)
     shadows = ShadowSender(router, upstream, metrics, up.max_shadow_in_flight)
     monitor = HealthMonitor(lambda: router.table, breakers, loads, upstream, metrics, h)
-    keys, caps = KeyRing(config.auth), Caps(config.limits)
-    background = _Background(settings, config, (router, breakers), (keys, caps), monitor, (shadows, upstream))
+    keys, caps, quotas = KeyRing(config.auth), Caps(config.limits), Quotas(config.limits.window_seconds)
+    reloads = (keys, caps, quotas)
+    background = _Background(settings, config, (router, breakers), reloads, monitor, (shadows, upstream))
 
     app = Litestar(
         route_handlers=[ModelsController, OpsController, EnginesController],
@@ -169,5 +171,11 @@ def create_app(
     }
     # Litestar types its ASGI signature with its own TypedDicts: the same messages, typed narrower.
     return FrontDoor(
-        cast("ASGIApp", app), hot, metrics, settings.log.access, keys, settings.server.max_header_bytes
+        cast("ASGIApp", app),
+        hot,
+        metrics,
+        settings.log.access,
+        keys,
+        settings.server.max_header_bytes,
+        quotas,
     )

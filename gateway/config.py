@@ -196,6 +196,9 @@ class KeyConfig(_Strict):
     models: tuple[str, ...] | None = Field(default=None, description="public model names; absent: every one")
     admin: bool = Field(default=False, description="may use /admin (and /metrics when protected)")
     expires: datetime | None = Field(default=None, description="refused from this time on (ISO 8601)")
+    rpm: int | None = Field(default=None, ge=1, description="requests per window (limits.window_seconds)")
+    tpm: int | None = Field(default=None, ge=1, description="prompt + completion tokens per window")
+    max_concurrent: int | None = Field(default=None, ge=1, description="requests in flight at once")
 
 
 _KEYS = TypeAdapter(tuple[KeyConfig, ...])
@@ -222,6 +225,9 @@ class RequestLimits(_Strict):
     max_messages: int = Field(default=1024, ge=1, description="messages per chat request")
     max_stop: int = Field(default=4, ge=0, description="stop sequences per chat request (OpenAI's limit)")
     max_embedding_inputs: int = Field(default=2048, ge=1, description="inputs per embeddings request")
+    window_seconds: float = Field(
+        default=60.0, gt=0, description="the window of the keys' rpm and tpm (a minute, as their names say)"
+    )
 
 
 class OffloadConfig(_Strict):

@@ -12,6 +12,7 @@ with each error's status and OpenAI ``code``::
     ├── MethodNotAllowedError     405 method_not_allowed
     ├── RequestTooLargeError      413 request_too_large
     ├── HeadersTooLargeError      431 request_header_fields_too_large
+    ├── RateLimitError            429 rate_limit_exceeded  a key over its rpm, tpm or concurrency (Retry-After)
     ├── ClientDisconnected        499 client_disconnected  the client left (logged, never sent)
     ├── EngineError               502 engine_error      the engine failed: broken stream, bad answer
     ├── EngineUnavailableError    503 engine_unavailable  no healthy replica (Retry-After)
@@ -119,6 +120,14 @@ class HeadersTooLargeError(GatewayError):
     status = 431
     type = "invalid_request_error"
     code = "request_header_fields_too_large"
+
+
+class RateLimitError(GatewayError):
+    """A key over one of its limits (429, with ``Retry-After``: the OpenAI SDK waits and retries)."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
 
 
 class EngineError(GatewayError):

@@ -55,6 +55,14 @@ class Principal:
     models: frozenset[str] | None  # None: every model
     admin: bool
     expires: float | None  # epoch seconds
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Whether any rate or concurrency limit applies to this key."""
+        return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
 
 
 class KeyRing:
@@ -82,6 +90,9 @@ class KeyRing:
                 None if k.models is None else frozenset(k.models),
                 k.admin,
                 None if k.expires is None else k.expires.timestamp(),
+                k.rpm,
+                k.tpm,
+                k.max_concurrent,
             )
             for k in keys
         }

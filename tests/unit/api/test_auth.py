@@ -206,3 +206,34 @@ async def test_a_key_revoked_in_the_keys_file_is_refused_after_the_reload(
 def _keys_of(app: FrontDoor) -> Any:
     """The app's key ring (white box: a reload applied to it alone)."""
     return app._keys
+
+
+LIMITED = "ofl-test-limited"
+
+
+async def test_a_key_over_its_rpm_gets_429_and_the_sdk_retry_succeeds_once_the_window_allows(
+    engine: tuple[Engine, str],  # noqa: F811
+) -> None:
+    _, url = engine
+    keys = f'    - {{name: limited, hash: "{hash_key(LIMITED)}", rpm: 2}}\n'
+    config = parse_config(config_text(url, keys) + "limits: {window_seconds: 2}\n")
+    async with AsyncTestClient(app=create_app(settings(), config)) as client:
+        raw = await sdk(client, LIMITED).chat.completions.with_raw_response.create(model="chat", messages=HI)  # type: ignore[arg-type]
+        first = raw.headers
+        await sdk(client, LIMITED).chat.completions.create(model="chat", messages=HI)  # type: ignore[arg-type]
+        refused = await client.post(
+            "/v1/chat/completions",
+            json={"model": "chat", "messages": HI},
+            headers={"Authorization": f"Bearer {LIMITED}"},
+        )
+        # the SDK's own retry (its defaults: 2 retries, honouring Retry-After) gets through
+        patient = openai.AsyncOpenAI(base_url=f"{client.base_url}/v1", api_key=LIMITED, http_client=client)
+        answer = await patient.chat.completions.create(model="chat", messages=HI)  # type: ignore[arg-type]
+        metrics = (await client.get("/metrics")).text
+
+    assert first["x-ratelimit-limit-requests"] == "2" and first["x-ratelimit-remaining-requests"] == "1"
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(refused.headers["retry-after"]) <= 2
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert answer.choices[0].message.content == "Paris"
+    assert (exposition_total(metrics, "offload_key_requests_total", key="limited") or 0) >= 4
