@@ -22,6 +22,7 @@ from gateway.api.health import OpsController
 from gateway.api.models import ModelsController
 from gateway.config import OffloadConfig, keys_file_of, load_config
 from gateway.discovery import TableSource, dns_names
+from gateway.drain import Drain
 from gateway.keys import KeyRing
 from gateway.metrics import Metrics
 from gateway.monitor import HealthMonitor
@@ -120,6 +121,7 @@ def create_app(
     config: OffloadConfig | None = None,
     engines: EngineControl | None = None,
     upstream: Upstream | None = None,
+    drain: Drain | None = None,
 ) -> FrontDoor:
     """Build the gateway for ``config`` (default: the file named by ``settings.config``): the ASGI
     app to serve, a :class:`FrontDoor` in front of the Litestar app.
@@ -127,7 +129,9 @@ def create_app(
     ``engines`` is given when this process also supervises local engines (``offload run``): it
     enables on-demand loading and the ``/admin/engines`` API. ``upstream``: the engine client to
     use instead of a new one (``benchmarks/own_cost.py`` measures the gateway with engines replaced).
+    ``drain``: the shutdown state the server drives on SIGTERM (:mod:`gateway.drain`).
     """
+    drain = drain or Drain()
     if config is None:
         config = load_config(settings.config)
     h, up, max_body = settings.health, settings.upstream, settings.server.max_body_bytes
@@ -155,6 +159,7 @@ def create_app(
             "engines": _const(engines),
             "metrics": _const(metrics),
             "started_at": _const(int(time.time())),
+            "drain": _const(drain),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[background.lifespan],
@@ -164,7 +169,7 @@ def create_app(
     )
     chat = ChatService(router, failover, leases, upstream, metrics, shadows, caps)
     hot = {
-        paths.CHAT_COMPLETIONS: chat_handler(chat, up.keepalive_interval, max_body),
+        paths.CHAT_COMPLETIONS: chat_handler(chat, up.keepalive_interval, max_body, drain),
         paths.EMBEDDINGS: embeddings_handler(
             EmbeddingsService(router, failover, upstream, metrics, caps), max_body
         ),

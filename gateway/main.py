@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import ipaddress
 import signal
+import socket
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import structlog
@@ -23,6 +26,7 @@ from gateway.settings import Settings
 if TYPE_CHECKING:
     from engines.supervisor import Supervisor
     from gateway.api.front import FrontDoor
+    from gateway.drain import Drain
     from gateway.services.engine_control import EngineControl
 
 
@@ -37,35 +41,84 @@ def app_from_env() -> FrontDoor:
 
 
 def create_app_checked(
-    settings: Settings, config: OffloadConfig, engines: EngineControl | None = None
+    settings: Settings,
+    config: OffloadConfig,
+    engines: EngineControl | None = None,
+    drain: Drain | None = None,
 ) -> FrontDoor:
     """The app, imported late so ``offload prepare`` stays light."""
     from gateway.app import create_app
 
-    return create_app(settings, config, engines)
+    return create_app(settings, config, engines, drain=drain)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, stopped in the steps of :mod:`gateway.drain` on SIGTERM, or on Ctrl-C without
+    the grace period (a second signal stops at once)."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, grace: float, timeout: float) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._grace = grace
+        self._timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._steps: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # (uvicorn would re-raise the signal once stopped, killing the process: we return instead.)
+        if self._drain.draining or self._loop is None:
+            self.should_exit = self.force_exit = True
+            return
+        self._drain.begin()
+        # SIGTERM comes from an orchestrator whose load balancer must see /ready fail first; Ctrl-C
+        # from a person, who has no load balancer to wait for.
+        grace = self._grace if sig == signal.SIGTERM else 0.0
+        self._loop.call_soon_threadsafe(self._start, grace)
+
+    def _start(self, grace: float) -> None:
+        self._steps = asyncio.ensure_future(self._run_steps(grace))
+
+    async def _run_steps(self, grace: float) -> None:
+        _log.info("draining: not ready, still serving", grace_s=grace)
+        await asyncio.sleep(grace)
+        self.should_exit = True  # uvicorn closes the listener and waits for what is in flight
+        await asyncio.sleep(self._timeout)
+        if self._drain.open_streams:
+            _log.warning("drain timed out: ending open streams", streams=self._drain.open_streams)
+        self._drain.expire()
 
 
 def serve(settings: Settings, config: OffloadConfig, engines: EngineControl | None = None) -> None:
-    """Serve the gateway until SIGINT/SIGTERM (uvloop + httptools, one worker)."""
-    app = create_app_checked(settings, config, engines)
+    """Serve the gateway until SIGINT/SIGTERM (uvloop + httptools, one worker), then drain."""
+    from gateway.drain import Drain
+
+    drain = Drain()
+    app = create_app_checked(settings, config, engines, drain)
     # Everything built so far lives as long as the process: keep it out of the garbage collector's
     # full passes (fewer objects to walk while serving), and collect the young generation less often
     # (a request allocates thousands of short-lived objects; the default 700 ran it several times each).
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
-    uvicorn.run(
+    server = settings.server
+    uvicorn_config = uvicorn.Config(
         app,
-        host=settings.server.host,
-        port=settings.server.port,
+        host=server.host,
+        port=server.port,
         loop="uvloop",
         http="httptools",
         access_log=False,  # the gateway writes its own summary line per request
         proxy_headers=False,  # no trusted proxy in front by default; saves work per request
         server_header=False,
         log_level="warning",
-        timeout_graceful_shutdown=10,
+        # A backstop only: the drain ends open streams itself at drain_timeout.
+        timeout_graceful_shutdown=int(server.drain_timeout) + 5,
     )
+    DrainingServer(uvicorn_config, drain, server.drain_grace, server.drain_timeout).run()
 
 
 def exposure_problem(settings: Settings, config: OffloadConfig) -> str | None:

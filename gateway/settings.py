@@ -19,6 +19,10 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # SIGTERM: seconds still serving (not ready) before the listener closes, then the most seconds
+    # requests and streams in flight may take to finish (gateway/drain.py).
+    drain_grace: float = Field(default=5.0, ge=0)
+    drain_timeout: float = Field(default=25.0, gt=0)
     # All request headers together (names and values); past it 431 (the HTTP parser sets no limit).
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     # Serving beyond loopback with no API key configured must be asked for in so many words.

@@ -7,6 +7,7 @@ from litestar import Controller, Response, get
 from litestar.params import Parameter
 
 from gateway import metrics as metrics_module
+from gateway.drain import Drain
 from gateway.metrics import Metrics
 from gateway.protocol import paths
 from gateway.routing.breaker import Breakers
@@ -28,6 +29,7 @@ class OpsController(Controller):
         router: Router,
         breakers: Breakers,
         engines: EngineControl | None,
+        drain: Drain,
         require_all: bool = Parameter(query="all", default=False),
     ) -> Response[bytes]:
         """200 while at least one configured model can be served (``degraded`` when some cannot), 503
@@ -35,8 +37,12 @@ class OpsController(Controller):
 
         A readiness probe must not take the gateway out of service because one model is down: its
         other models would go with it, and that model's clients would lose the gateway's 503 with
-        Retry-After for a connection error. ``?all=true`` is for start-up scripts and tests.
+        Retry-After for a connection error. ``?all=true`` is for start-up scripts and tests. From
+        SIGTERM on it is 503 ``draining`` (requests are still served for a grace period).
         """
+        if drain.draining:
+            body = {"status": "draining", "models": {r.model: False for r in router.table.routes}}
+            return Response(orjson.dumps(body), status_code=503, media_type="application/json")
 
         def routable(base_url: str, replica_id: str) -> bool:
             # an on-demand engine that is stopped is routable: the request starts it

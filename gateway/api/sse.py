@@ -27,6 +27,11 @@ def event(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
+async def end_with_error(send: Send, payload: bytes) -> None:
+    """End a started stream with one in-band error event and ``[DONE]``."""
+    await send({"type": "http.response.body", "body": event(payload) + DONE, "more_body": False})
+
+
 async def send_events(send: Send, receive: Receive, payloads: AsyncIterable[bytes]) -> bool:
     """Send a 200 event stream: each payload as an event as it comes (an empty one, the engine's
     silence, see :data:`gateway.upstream.KEEPALIVE`, as a ping), then ``[DONE]``. Returns False when

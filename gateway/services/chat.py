@@ -178,7 +178,7 @@ class ChatService:
                     yield KEEPALIVE
         except GatewayError as exc:
             call.record.error_type = exc.code
-            yield _in_band(exc)
+            yield in_band(exc)
             return
         finally:
             watch.stop()
@@ -211,7 +211,7 @@ class ChatService:
                     continue
                 if "error" in event:
                     record.error_type = "engine_error"
-                    yield _in_band(engine_error(502, payload))
+                    yield in_band(engine_error(502, payload))
                     return
                 choices = event.get("choices")
                 if not choices:
@@ -223,7 +223,7 @@ class ChatService:
                             continue
                 elif _aborted(choices):
                     record.error_type = "engine_aborted"
-                    yield _in_band(EngineError("The engine aborted the request."))
+                    yield in_band(EngineError("The engine aborted the request."))
                     return
                 now = time.perf_counter()
                 if record.ttft_s is None:
@@ -240,7 +240,7 @@ class ChatService:
         except GatewayError as exc:
             record.error_type = exc.code
             self._leases.failed(replica)
-            yield _in_band(exc)
+            yield in_band(exc)
         finally:
             stream.close()
 
@@ -313,7 +313,7 @@ class ChatStream:
                     release()
 
 
-def _in_band(error: GatewayError) -> bytes:
+def in_band(error: GatewayError) -> bytes:
     """The ``data: {"error": ...}`` payload sent when a stream fails after its first byte."""
     body = ErrorResponse(
         error=ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)

@@ -334,3 +334,20 @@ def test_gateway_reads_its_api_keys_from_the_gateway_keys_secret(rendered: list[
     keys = yaml.safe_load(base64.b64decode(secret["data"][key]))
     assert set(keys) == {"keys"}  # the shape the gateway reads (the shipped list is empty)
     assert mount.get("readOnly") is True and not mount.get("subPath")  # updates reach the pod
+
+
+def test_the_pods_grace_period_covers_the_prestop_pause_and_the_gateways_drain(
+    rendered: list[Manifest],
+) -> None:
+    from gateway.settings import ServerSettings
+
+    spec = gateway(rendered)["spec"]["template"]["spec"]
+    (container,) = containers(gateway(rendered))
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    defaults = ServerSettings()
+    grace = float(env.get("OFFLOAD_SERVER__DRAIN_GRACE", defaults.drain_grace))
+    timeout = float(env.get("OFFLOAD_SERVER__DRAIN_TIMEOUT", defaults.drain_timeout))
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+
+    assert spec["terminationGracePeriodSeconds"] > float(command[1]) + grace + timeout

@@ -84,6 +84,7 @@ class GatewayProcess:
             "OFFLOAD_CONFIG": str(self.config_path),
             "OFFLOAD_HEALTH__PROBE_INTERVAL": "0.5",
             "OFFLOAD_LOG__FORMAT": "json",
+            "OFFLOAD_SERVER__DRAIN_GRACE": "0",  # no load balancer to wait for (tests/sim/test_drain.py)
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -185,6 +186,7 @@ class OffloadRun:
                     "OFFLOAD_HEALTH__PROBE_INTERVAL": "0.5",
                     "OFFLOAD_HEALTH__COOLDOWN": "0.5",
                     "OFFLOAD_LOG__FORMAT": "json",
+                    "OFFLOAD_SERVER__DRAIN_GRACE": "0",
                 },
             )
 

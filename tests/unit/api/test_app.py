@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ from litestar.testing import AsyncTestClient
 from gateway.api.front import FrontDoor
 from gateway.app import create_app
 from gateway.config import EngineConfig, ModelConfig, OffloadConfig
+from gateway.drain import Drain
 from gateway.routing.breaker import State
 from gateway.routing.router import Router
 from gateway.settings import HealthSettings, LogSettings, ServerSettings, Settings
@@ -426,3 +428,38 @@ async def test_without_local_engines_the_engine_routes_are_404(client: AsyncTest
 
     assert response.status_code == 404
     assert_openai_error(response.json(), "invalid_request_error", "not_found")
+
+
+async def test_ready_is_503_draining_once_the_drain_begins_while_health_stays_200(port: int) -> None:
+    drain = Drain()
+    settings = Settings(
+        health=HealthSettings(probe_interval=600, probe_timeout=1), log=LogSettings(access=False)
+    )
+    config = OffloadConfig(
+        models=(ModelConfig(name="chat", task="chat", engine=EngineConfig(url=f"http://127.0.0.1:{port}")),)
+    )
+    async with AsyncTestClient(app=create_app(settings, config, drain=drain)) as client:
+        before = await client.get("/ready")
+        drain.begin()
+        after = await client.get("/ready")
+        alive = await client.get("/health")
+
+    assert before.json()["status"] != "draining"
+    assert after.status_code == 503 and after.json() == {"status": "draining", "models": {"chat": False}}
+    assert alive.status_code == 200
+
+
+def test_drain_expiry_interrupts_only_the_streams_it_tracks() -> None:
+    async def scenario() -> tuple[bool, bool, int]:
+        drain = Drain()
+        tracked = asyncio.create_task(asyncio.sleep(30))
+        other = asyncio.create_task(asyncio.sleep(30))
+        drain.track(tracked)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        drain.expire()
+        await asyncio.gather(tracked, return_exceptions=True)
+        result = (tracked.cancelled(), other.cancelled(), drain.open_streams)
+        other.cancel()
+        return result
+
+    assert asyncio.run(scenario()) == (True, False, 1)
