@@ -62,7 +62,8 @@ class Quotas:
         if principal.tpm is not None and usage.token_sum >= principal.tpm:
             wait = usage.tokens[0][0] + self.window - now
             raise _limited(f"{principal.tpm} tokens per {self.window:g} s", wait)
-        usage.requests.append(now)
+        if principal.rpm is not None:  # (only what a limit needs is kept)
+            usage.requests.append(now)
         usage.in_flight += 1
 
     def release(self, principal: Principal, tokens: int, now: float | None = None) -> None:
