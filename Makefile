@@ -33,6 +33,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/offload run
 
+# The tests start a real Redis server (shared key limits); Debian's package, installed when missing.
+REDIS_SERVER := /usr/bin/redis-server
+$(REDIS_SERVER):
+	@echo "offload: installing redis-server (Debian package) for the tests"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+
 ## Formatting, lint, types (strict on gateway/ and engines/) and the import layers: all must pass.
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
@@ -41,11 +47,11 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 
 ## Install what the tests need, lint, then run every test (unit + integration with real vLLM engines).
-test: lint
+test: lint $(REDIS_SERVER)
 	$(PY) -m pytest -q -ra
 
 ## The suite without real vLLM engines (under 2 minutes).
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(REDIS_SERVER)
 	$(PY) -m pytest -q -ra -m "not engines"
 
 test-unit: $(STAMP)

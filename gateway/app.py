@@ -38,8 +38,8 @@ from gateway.services.embeddings import EmbeddingsService
 from gateway.services.engine_control import EngineControl
 from gateway.services.failover import Failover
 from gateway.services.leases import Leases
+from gateway.services.limiter import Limiter
 from gateway.services.on_demand import OnDemand
-from gateway.services.quotas import Quotas
 from gateway.services.shadow import ShadowSender
 from gateway.settings import Settings
 from gateway.upstream import Upstream
@@ -69,9 +69,9 @@ class _Background:
         settings: Settings,
         config: OffloadConfig,
         routing: tuple[Router, Breakers],
-        reloads: tuple[KeyRing, Caps, Quotas],
+        reloads: tuple[KeyRing, Caps, Limiter],
         monitor: HealthMonitor,
-        closing: tuple[ShadowSender, Upstream],
+        closing: tuple[ShadowSender, Upstream, Limiter],
     ) -> None:
         self._settings = settings
         self._needs_dns = bool(dns_names(config))
@@ -111,9 +111,10 @@ class _Background:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            shadows, upstream = self._closing
+            shadows, upstream, limiter = self._closing
             await shadows.close()
             await upstream.close()
+            await limiter.close()
 
 
 def create_app(
@@ -147,9 +148,12 @@ def create_app(
     failover = Failover(router, leases, metrics, on_demand, up.max_retries, up.request_timeout)
     shadows = ShadowSender(router, upstream, metrics, up.max_shadow_in_flight)
     monitor = HealthMonitor(lambda: router.table, breakers, loads, upstream, metrics, h)
-    keys, caps, quotas = KeyRing(config.auth), Caps(config.limits), Quotas(config.limits.window_seconds)
-    reloads = (keys, caps, quotas)
-    background = _Background(settings, config, (router, breakers), reloads, monitor, (shadows, upstream))
+    keys, caps = KeyRing(config.auth), Caps(config.limits)
+    limiter = Limiter(config.limits.window_seconds, metrics, config.limits.redis_url)
+    reloads = (keys, caps, limiter)
+    background = _Background(
+        settings, config, (router, breakers), reloads, monitor, (shadows, upstream, limiter)
+    )
 
     app = Litestar(
         route_handlers=[ModelsController, OpsController, EnginesController],
@@ -182,5 +186,5 @@ def create_app(
         settings.log.access,
         keys,
         settings.server.max_header_bytes,
-        quotas,
+        limiter,
     )

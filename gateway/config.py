@@ -228,6 +228,11 @@ class RequestLimits(_Strict):
     window_seconds: float = Field(
         default=60.0, gt=0, description="the window of the keys' rpm and tpm (a minute, as their names say)"
     )
+    redis_url: str | None = Field(
+        default=None,
+        pattern=r"^(redis|rediss|unix)://",
+        description="share the keys' counters between gateway replicas through this Redis",
+    )
 
 
 class OffloadConfig(_Strict):

@@ -128,6 +128,8 @@ class RateLimitError(GatewayError):
     status = 429
     type = "rate_limit_exceeded"
     code = "rate_limit_exceeded"
+    rate_headers: tuple[tuple[bytes, bytes], ...] = ()
+    """OpenAI's x-ratelimit headers, sent with the 429 too."""
 
 
 class EngineError(GatewayError):

@@ -70,6 +70,16 @@ class Metrics:
             "offload_completion_tokens", "Completion tokens generated", _SERVED, registry=r
         )
         self.in_flight = Gauge("offload_requests_in_flight", "Requests being served", ["model"], registry=r)
+        self.limits_shared = Gauge(
+            "offload_limits_shared",
+            "1 while key limits are counted in Redis, shared by every replica",
+            registry=r,
+        )
+        self.limits_fallbacks = Counter(
+            "offload_limits_fallbacks",
+            "Redis calls that failed (limits counted per process meanwhile)",
+            registry=r,
+        )
         self.key_requests = Counter(
             "offload_key_requests", "Requests by API key name", ["key", "model", "version"], registry=r
         )

@@ -37,7 +37,7 @@ from gateway.keys import KeyRing, Principal, presented_key
 from gateway.logging import log_request
 from gateway.protocol import paths
 from gateway.record import RequestRecord
-from gateway.services.quotas import Quotas
+from gateway.services.limiter import Admission, Limiter
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -107,7 +107,7 @@ class FrontDoor:
         log_requests: bool,
         keys: KeyRing | None = None,
         max_header_bytes: int = 32 * 1024,
-        quotas: Quotas | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.app = app
         self._hot = dict(hot)
@@ -115,7 +115,7 @@ class FrontDoor:
         self._log = log_requests
         self._keys = keys if keys is not None else KeyRing()
         self._max_header_bytes = max_header_bytes
-        self._quotas = quotas if quotas is not None else Quotas()
+        self._limiter = limiter if limiter is not None else Limiter(60.0, metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _header_bytes(scope) > self._max_header_bytes:
@@ -132,15 +132,15 @@ class FrontDoor:
             await self.app(scope, receive, send)  # lifespan, probes and scrapes: no record, no log line
             return
         record = RequestRecord(request_id=_request_id(scope), route=endpoint_of(scope["path"]))
-        limited: Principal | None = None  # a key with limits: its x-ratelimit headers go out
-        admitted = False  # counted in by the quotas: counted out at the end
+        rate_headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] = ()
+        admitted: tuple[Principal, Admission] | None = None  # counted in by the limiter: out at the end
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
                 _served_headers(record, message)
-                if limited is not None:
-                    message["headers"] += self._quotas.headers(limited)
+                if rate_headers:
+                    message["headers"] += rate_headers
             await send(message)
 
         # bind/reset rather than the bound_contextvars context manager: a third of the cost.
@@ -154,20 +154,21 @@ class FrontDoor:
                     return
                 if principal.limited and hot is not None:
                     try:
-                        self._quotas.admit(principal)
+                        admission = await self._limiter.admit(principal)
                     except RateLimitError as exc:
-                        limited = principal  # not admitted, but the headers say how long to wait
+                        rate_headers = exc.rate_headers  # not admitted, but the headers say how long to wait
                         await self._refuse(send_wrapper, record, exc)
                         return
-                    limited, admitted = principal, True
+                    rate_headers, admitted = admission.headers, (principal, admission)
             if hot is None:
                 scope[RECORD_KEY] = record  # for api.errors' handlers
                 await self.app(scope, receive, send_wrapper)
             else:
                 await self._serve_hot(hot, scope, receive, send_wrapper, record)
         finally:
-            if admitted and limited is not None:
-                self._quotas.release(limited, (record.prompt_tokens or 0) + (record.completion_tokens or 0))
+            if admitted is not None:
+                tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+                await self._limiter.release(admitted[0], tokens, admitted[1])
             if record.status == 0:  # the client left before any response started
                 record.status = 499
                 record.error_type = record.error_type or "client_disconnected"

@@ -54,14 +54,18 @@ class Quotas:
         """Count a request of ``principal`` in, or raise :class:`RateLimitError` (with the wait)."""
         now = time.monotonic() if now is None else now
         usage = self._current(principal.name, now)
+        error = None
         if principal.max_concurrent is not None and usage.in_flight >= principal.max_concurrent:
-            raise _limited(f"at most {principal.max_concurrent} requests in flight", 1.0)
-        if principal.rpm is not None and len(usage.requests) >= principal.rpm:
+            error = limited(f"at most {principal.max_concurrent} requests in flight", 1.0)
+        elif principal.rpm is not None and len(usage.requests) >= principal.rpm:
             wait = usage.requests[0] + self.window - now
-            raise _limited(f"{principal.rpm} requests per {self.window:g} s", wait)
-        if principal.tpm is not None and usage.token_sum >= principal.tpm:
+            error = limited(f"{principal.rpm} requests per {self.window:g} s", wait)
+        elif principal.tpm is not None and usage.token_sum >= principal.tpm:
             wait = usage.tokens[0][0] + self.window - now
-            raise _limited(f"{principal.tpm} tokens per {self.window:g} s", wait)
+            error = limited(f"{principal.tpm} tokens per {self.window:g} s", wait)
+        if error is not None:
+            error.rate_headers = tuple(self.headers(principal, now))
+            raise error
         if principal.rpm is not None:  # (only what a limit needs is kept)
             usage.requests.append(now)
         usage.in_flight += 1
@@ -82,14 +86,14 @@ class Quotas:
         out: list[tuple[bytes, bytes]] = []
         if principal.rpm is not None:
             reset = usage.requests[0] + self.window - now if usage.requests else 0.0
-            out += _trio("requests", principal.rpm, principal.rpm - len(usage.requests), reset)
+            out += ratelimit_headers("requests", principal.rpm, principal.rpm - len(usage.requests), reset)
         if principal.tpm is not None:
             reset = usage.tokens[0][0] + self.window - now if usage.tokens else 0.0
-            out += _trio("tokens", principal.tpm, principal.tpm - usage.token_sum, reset)
+            out += ratelimit_headers("tokens", principal.tpm, principal.tpm - usage.token_sum, reset)
         return out
 
 
-def _trio(kind: str, limit: int, remaining: int, reset: float) -> list[tuple[bytes, bytes]]:
+def ratelimit_headers(kind: str, limit: int, remaining: int, reset: float) -> list[tuple[bytes, bytes]]:
     return [
         (b"x-ratelimit-limit-" + kind.encode(), str(limit).encode()),
         (b"x-ratelimit-remaining-" + kind.encode(), str(max(0, remaining)).encode()),
@@ -106,7 +110,7 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
-def _limited(allowance: str, wait: float) -> RateLimitError:
+def limited(allowance: str, wait: float) -> RateLimitError:
     return RateLimitError(
         f"Rate limit reached: this API key may use {allowance}. Retry after {max(1, math.ceil(wait))} s.",
         retry_after=max(1, math.ceil(wait)),
