@@ -51,6 +51,7 @@ _VERSION = b"x-offload-version"
 _ENDPOINTS = frozenset({paths.CHAT_COMPLETIONS, paths.EMBEDDINGS, paths.MODELS})
 _MODEL_PREFIX = paths.MODELS + "/"
 _ALLOW_POST = {"Allow": "POST"}
+_CLOSE = {"Connection": "close"}
 _NO_KEY = (
     "Missing or invalid API key. Send it as 'Authorization: Bearer KEY' (the OpenAI SDK's api_key does)."
 )
@@ -74,6 +75,12 @@ def _request_id(scope: Scope) -> str:
             if text.isprintable():
                 return text
     return secrets.token_hex(16)
+
+
+async def _send_error(send: Send, error: GatewayError, extra: Mapping[str, str] | None = None) -> None:
+    """Answer with ``error`` in OpenAI's shape (``extra``: headers beside ``Retry-After``)."""
+    body, headers = error_body(error)
+    await send_json(send, body, error.status, {**headers, **extra} if extra else headers)
 
 
 def _header_bytes(scope: Scope) -> int:
@@ -119,15 +126,13 @@ class FrontDoor:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _header_bytes(scope) > self._max_header_bytes:
-            body, headers = error_body(HeadersTooLargeError("The request headers are too large."))
-            await send_json(send, body, HeadersTooLargeError.status, {**headers, "Connection": "close"})
+            await _send_error(send, HeadersTooLargeError("The request headers are too large."), _CLOSE)
             return
         if scope["type"] != "http" or not scope["path"].startswith(paths.API_PREFIX):
             if self._keys.enabled and scope["type"] == "http" and self._keys.guards(scope["path"]):
                 error = self._admin_error(scope)
                 if error is not None:
-                    body, headers = error_body(error)
-                    await send_json(send, body, error.status, headers)
+                    await _send_error(send, error)
                     return
             await self.app(scope, receive, send)  # lifespan, probes and scrapes: no record, no log line
             return
@@ -185,10 +190,11 @@ class FrontDoor:
         return principal
 
     @staticmethod
-    async def _refuse(send: Send, record: RequestRecord, error: GatewayError) -> None:
+    async def _refuse(
+        send: Send, record: RequestRecord, error: GatewayError, extra: Mapping[str, str] | None = None
+    ) -> None:
         record.error_type = error.code
-        body, headers = error_body(error)
-        await send_json(send, body, error.status, headers)
+        await _send_error(send, error, extra)
 
     def _admin_error(self, scope: Scope) -> GatewayError | None:
         """None when the request carries an admin key; else why not (401 or 403)."""
@@ -211,8 +217,5 @@ class FrontDoor:
             if record.status:  # the response has started: too late for an error response
                 raise
             error = exc if isinstance(exc, GatewayError) else unexpected(scope["path"], exc)
-            record.error_type = error.code
-            body, headers = error_body(error)
-            if isinstance(error, MethodNotAllowedError):
-                headers = {**headers, **_ALLOW_POST}
-            await send_json(send, body, error.status, headers)
+            extra = _ALLOW_POST if isinstance(error, MethodNotAllowedError) else None
+            await FrontDoor._refuse(send, record, error, extra)
