@@ -28,6 +28,7 @@ _RETRY_REDIS = 5.0  # seconds on local counters before Redis is tried again
 
 # KEYS: the key's request times (zset), token buckets by second (hash), requests in flight (string).
 # ARGV: window ms, rpm, tpm, max_concurrent (0: none), a unique member for this request.
+# Returns {admitted 1/0, now ms, wait ms, requests, tokens, oldest request, oldest tokens, why refused}.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -50,9 +51,11 @@ for i = 1, #buckets, 2 do
   end
 end
 local inflight = tonumber(redis.call('GET', KEYS[3]) or '0')
-if conc > 0 and inflight >= conc then return {0, 1000, count, tokens, oldest_req, oldest_tok, 1} end
-if rpm > 0 and count >= rpm then return {0, oldest_req + window - now, count, tokens, oldest_req, oldest_tok, 2} end
-if tpm > 0 and tokens >= tpm then return {0, oldest_tok + window - now, count, tokens, oldest_req, oldest_tok, 3} end
+local state = {count, tokens, oldest_req, oldest_tok}
+local function refuse(wait, why) return {0, now, wait, state[1], state[2], state[3], state[4], why} end
+if conc > 0 and inflight >= conc then return refuse(1000, 1) end
+if rpm > 0 and count >= rpm then return refuse(oldest_req + window - now, 2) end
+if tpm > 0 and tokens >= tpm then return refuse(oldest_tok + window - now, 3) end
 if rpm > 0 then
   redis.call('ZADD', KEYS[1], now, ARGV[5])
   redis.call('PEXPIRE', KEYS[1], window)
@@ -63,7 +66,7 @@ if conc > 0 then
   redis.call('INCR', KEYS[3])
   redis.call('PEXPIRE', KEYS[3], window * 10)
 end
-return {1, now, count, tokens, oldest_req, oldest_tok, 0}
+return {1, now, 0, count, tokens, oldest_req, oldest_tok, 0}
 """
 # KEYS as above; ARGV: window ms, tokens used, whether the key counts requests in flight (1/0).
 _RELEASE = """
@@ -109,10 +112,9 @@ class RedisQuotas:
         """Count a request in, or raise :class:`RateLimitError`; its x-ratelimit headers."""
         window_ms = int(self.window * 1000)
         args = [window_ms, principal.rpm or 0, principal.tpm or 0, principal.max_concurrent or 0]
-        ok, wait_or_now, count, tokens, oldest_req, oldest_tok, reason = await self._admit(
+        ok, now, wait, count, tokens, oldest_req, oldest_tok, reason = await self._admit(
             keys=self._keys(principal), args=[*args, secrets.token_hex(8)]
         )
-        now = wait_or_now if ok else None
         headers = self._headers(principal, int(count), int(tokens), oldest_req, oldest_tok, now)
         if ok:
             return headers
@@ -121,18 +123,18 @@ class RedisQuotas:
             2: f"{principal.rpm} requests per {self.window:g} s",
             3: f"{principal.tpm} tokens per {self.window:g} s",
         }[int(reason)]
-        error = limited(allowance, int(wait_or_now) / 1000)
+        error = limited(allowance, int(wait) / 1000)
         error.rate_headers = tuple(headers)
         raise error
 
     def _headers(
-        self, principal: Principal, count: int, tokens: int, oldest_req: int, oldest_tok: int, now: int | None
+        self, principal: Principal, count: int, tokens: int, oldest_req: int, oldest_tok: int, now: int
     ) -> list[tuple[bytes, bytes]]:
         window_ms = self.window * 1000
         out: list[tuple[bytes, bytes]] = []
 
         def reset(oldest: int) -> float:
-            return 0.0 if oldest < 0 or now is None else (oldest + window_ms - now) / 1000
+            return 0.0 if oldest < 0 else (oldest + window_ms - now) / 1000
 
         if principal.rpm is not None:
             out += ratelimit_headers("requests", principal.rpm, principal.rpm - count, reset(oldest_req))
@@ -190,8 +192,7 @@ class Limiter:
                     self._metrics.limits_shared.set(1)
                     _log.info("limits shared through Redis again")
                 return Admission(headers, shared=True)
-        self._local.admit(principal)
-        return Admission(self._local.headers(principal), shared=False)
+        return Admission(self._local.admit(principal), shared=False)
 
     async def release(self, principal: Principal, tokens: int, admission: Admission) -> None:
         """Count a request out where it was counted in."""

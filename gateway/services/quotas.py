@@ -50,8 +50,9 @@ class Quotas:
             usage.token_sum -= usage.tokens.popleft()[1]
         return usage
 
-    def admit(self, principal: Principal, now: float | None = None) -> None:
-        """Count a request of ``principal`` in, or raise :class:`RateLimitError` (with the wait)."""
+    def admit(self, principal: Principal, now: float | None = None) -> list[tuple[bytes, bytes]]:
+        """Count a request of ``principal`` in, or raise :class:`RateLimitError` (with the wait);
+        the key's x-ratelimit headers."""
         now = time.monotonic() if now is None else now
         usage = self._current(principal.name, now)
         error = None
@@ -64,11 +65,12 @@ class Quotas:
             wait = usage.tokens[0][0] + self.window - now
             error = limited(f"{principal.tpm} tokens per {self.window:g} s", wait)
         if error is not None:
-            error.rate_headers = tuple(self.headers(principal, now))
+            error.rate_headers = tuple(self._headers(principal, usage, now))
             raise error
         if principal.rpm is not None:  # (only what a limit needs is kept)
             usage.requests.append(now)
         usage.in_flight += 1
+        return self._headers(principal, usage, now)
 
     def release(self, principal: Principal, tokens: int, now: float | None = None) -> None:
         """A request admitted by :meth:`admit` ended, having used ``tokens`` (prompt + completion)."""
@@ -82,7 +84,9 @@ class Quotas:
     def headers(self, principal: Principal, now: float | None = None) -> list[tuple[bytes, bytes]]:
         """OpenAI's ``x-ratelimit-*`` response headers for the key's request and token limits."""
         now = time.monotonic() if now is None else now
-        usage = self._current(principal.name, now)
+        return self._headers(principal, self._current(principal.name, now), now)
+
+    def _headers(self, principal: Principal, usage: _Usage, now: float) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
         if principal.rpm is not None:
             reset = usage.requests[0] + self.window - now if usage.requests else 0.0

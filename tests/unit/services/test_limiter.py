@@ -105,3 +105,17 @@ async def test_without_redis_the_limiter_counts_per_process_then_returns_to_redi
         assert exposition_total(metrics.render().decode(), "offload_limits_shared") == 1
     finally:
         await limiter.close()
+
+
+async def test_a_refusal_from_redis_says_when_the_window_resets(redis: RedisServer) -> None:
+    limiter = Limiter(60, Metrics(), redis.url)
+    team = key(rpm=1)
+    try:
+        await limiter.admit(team)
+        with pytest.raises(RateLimitError) as caught:
+            await limiter.admit(team)
+    finally:
+        await limiter.close()
+
+    reset = dict(caught.value.rate_headers)[b"x-ratelimit-reset-requests"]
+    assert reset.endswith(b"s") and reset not in (b"0ms", b"0s")  # about a minute, not "now"
