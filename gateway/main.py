@@ -149,23 +149,29 @@ def _is_loopback(host: str) -> bool:
 def keys_cli(args: argparse.Namespace) -> int:
     """``offload keys new NAME``: a new key, printed once, and the entry to paste (its hash only)."""
     if args.action != "new" or not args.name:
-        print("usage: offload keys new NAME [--models A,B] [--admin] [--expires ISO-8601]", file=sys.stderr)
+        usage = (
+            "offload keys new NAME [--models A,B] [--admin] [--expires ISO-8601]"
+            " [--rpm N] [--tpm N] [--max-concurrent N]"
+        )
+        print(f"usage: {usage}", file=sys.stderr)
         return 2
     from gateway.keys import hash_key, new_key
 
+    key = new_key()  # printed only once the entry is valid
     try:
         entry = KeyConfig(
             name=args.name,
-            hash="sha256:" + "0" * 64,
+            hash=hash_key(key),
             models=tuple(m for m in args.models.split(",") if m) if args.models else None,
             admin=args.admin,
             expires=args.expires,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            max_concurrent=args.max_concurrent,
         )
     except ValidationError as exc:
         print(f"offload: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
-    key = new_key()
-    entry = entry.model_copy(update={"hash": hash_key(key)})
     print(f"API key for {entry.name} (shown once; only its hash is kept):\n\n  {key}\n")
     print("Add this entry under `auth: keys:` in the configuration, or under `keys:` in its keys file:\n")
     body = entry.model_dump(mode="json", exclude_defaults=True)
@@ -286,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help="with `keys new`: the models the key may use (comma-separated)")
     parser.add_argument("--admin", action="store_true", help="with `keys new`: an admin key")
     parser.add_argument("--expires", help="with `keys new`: refused from this time (ISO 8601)")
+    parser.add_argument(
+        "--rpm", type=int, help="with `keys new`: requests per window (limits.window_seconds)"
+    )
+    parser.add_argument("--tpm", type=int, help="with `keys new`: tokens per window")
+    parser.add_argument("--max-concurrent", type=int, help="with `keys new`: requests in flight at once")
     parser.add_argument("--url", help="with `engines`: the gateway (default http://HOST:PORT)")
     parser.add_argument("--lines", type=int, default=50, help="with `engines logs`")
     parser.add_argument("--config", type=Path, help="configuration file (default: $OFFLOAD_CONFIG)")

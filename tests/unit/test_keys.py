@@ -190,6 +190,21 @@ def test_keys_new_prints_the_key_once_and_an_entry_holding_only_its_hash(
     assert out.count(key) == 1
 
 
+def test_keys_new_sets_the_keys_limits(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "new", "batch", "--rpm", "60", "--tpm", "10000", "--max-concurrent", "4"]) == 0
+
+    out = capsys.readouterr().out
+    entry = yaml.safe_load(out[out.index("- name:") :])[0]
+    assert (entry["rpm"], entry["tpm"], entry["max_concurrent"]) == (60, 10000, 4)
+
+
+def test_keys_new_refuses_a_bad_limit_without_printing_a_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "new", "batch", "--rpm", "0"]) == 2
+
+    captured = capsys.readouterr()
+    assert "rpm" in captured.err and PREFIX not in captured.out
+
+
 def test_keys_new_refuses_a_bad_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", "new", "no spaces please"]) == 2
     assert "name" in capsys.readouterr().err
