@@ -32,6 +32,7 @@ from gateway.routing.breaker import Breakers
 from gateway.routing.load import Loads
 from gateway.routing.router import Router
 from gateway.routing.table import RouteTable
+from gateway.services.admission import Admission
 from gateway.services.caps import Caps
 from gateway.services.chat import ChatService
 from gateway.services.embeddings import EmbeddingsService
@@ -69,7 +70,7 @@ class _Background:
         settings: Settings,
         config: OffloadConfig,
         routing: tuple[Router, Breakers],
-        reloads: tuple[KeyRing, Caps, Limiter],
+        reloads: tuple[KeyRing, Caps, Limiter, Admission],
         monitor: HealthMonitor,
         closing: tuple[ShadowSender, Upstream, Limiter],
     ) -> None:
@@ -150,7 +151,8 @@ def create_app(
     monitor = HealthMonitor(lambda: router.table, breakers, loads, upstream, metrics, h)
     keys, caps = KeyRing(config.auth), Caps(config.limits)
     limiter = Limiter(config.limits.window_seconds, metrics, config.limits.redis_url)
-    reloads = (keys, caps, limiter)
+    admission = Admission(config.admission, metrics)
+    reloads = (keys, caps, limiter, admission)
     background = _Background(
         settings, config, (router, breakers), reloads, monitor, (shadows, upstream, limiter)
     )
@@ -171,11 +173,11 @@ def create_app(
         openapi_config=None,
         debug=False,
     )
-    chat = ChatService(router, failover, leases, upstream, metrics, shadows, caps)
+    chat = ChatService(router, failover, leases, upstream, metrics, shadows, caps, admission)
     hot = {
         paths.CHAT_COMPLETIONS: chat_handler(chat, up.keepalive_interval, max_body, drain),
         paths.EMBEDDINGS: embeddings_handler(
-            EmbeddingsService(router, failover, upstream, metrics, caps), max_body
+            EmbeddingsService(router, failover, upstream, metrics, caps, admission), max_body
         ),
     }
     # Litestar types its ASGI signature with its own TypedDicts: the same messages, typed narrower.

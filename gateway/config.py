@@ -111,6 +111,10 @@ class EngineConfig(_Strict):
         return self.url.rstrip("/").removesuffix("/v1")
 
 
+VLLM_CPU_MAX_NUM_SEQS = 128
+"""vLLM's default batch size (``--max-num-seqs``) for its OpenAI server on CPU; GPUs default higher
+(256 to 1024): set ``max_num_seqs`` on GPU engines, which both the engine and the gateway then use."""
+
 PolicyName = Literal["least_outstanding", "round_robin", "prefix_affinity"]
 _VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -123,6 +127,9 @@ class VersionConfig(_Strict):
     shadow: float = Field(default=0, ge=0, le=100, description="percent of requests copied here")
     fallback: str | None = Field(default=None, description="version to use when none of ours is healthy")
     policy: PolicyName | None = Field(default=None, description="replica choice; default: the model's")
+    max_in_flight: int | None = Field(
+        default=None, ge=1, description="requests per replica at once; default: the model's"
+    )
 
 
 class ModelConfig(_Strict):
@@ -141,6 +148,12 @@ class ModelConfig(_Strict):
         default="x-session-id", description="sticky sessions: this header, else `user`"
     )
     prefix_chars: int = Field(default=2048, ge=16, description="prompt prefix length prefix_affinity hashes")
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="requests per replica at once, more wait in the fair queue (gateway/services/admission.py);"
+        " default: a local engine's max_num_seqs, none for `url`/`dns` engines",
+    )
 
     @model_validator(mode="after")
     def _shape(self) -> ModelConfig:
@@ -173,6 +186,18 @@ class ModelConfig(_Strict):
         engines = self.engines if self.engines is not None else (self.engine,)
         return {"": VersionConfig(engines=tuple(e for e in engines if e is not None), weight=1)}
 
+    def replica_limit(self, version: VersionConfig) -> int | None:
+        """Requests one replica of ``version`` takes at once (the rest wait at the gateway), or None
+        for no limit: the version's or the model's ``max_in_flight``, else, when every replica is a
+        local engine, the smallest of their batch sizes (``max_num_seqs``, or vLLM's default on CPU)."""
+        if version.max_in_flight is not None:
+            return version.max_in_flight
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        if any(e.local is None for e in version.engines):
+            return None  # an engine we did not start: its batch size is unknown
+        return min(e.local.max_num_seqs or VLLM_CPU_MAX_NUM_SEQS for e in version.engines if e.local)
+
     def served_name(self, engine: EngineConfig) -> str:
         """The name ``engine`` knows this model by."""
         return engine.served_name or self.name
@@ -187,6 +212,16 @@ class ModelConfig(_Strict):
         ]
 
 
+class KeyCaps(_Strict):
+    """Caps for one key's requests, each applied as well as the global one (the lower wins)."""
+
+    max_n: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_messages: int | None = Field(default=None, ge=1)
+    max_stop: int | None = Field(default=None, ge=0)
+    max_embedding_inputs: int | None = Field(default=None, ge=1)
+
+
 class KeyConfig(_Strict):
     """One API key, by the SHA-256 of its text (``offload keys new`` makes both): the key itself is
     never stored."""
@@ -199,6 +234,8 @@ class KeyConfig(_Strict):
     rpm: int | None = Field(default=None, ge=1, description="requests per window (limits.window_seconds)")
     tpm: int | None = Field(default=None, ge=1, description="prompt + completion tokens per window")
     max_concurrent: int | None = Field(default=None, ge=1, description="requests in flight at once")
+    weight: float = Field(default=1.0, gt=0, le=1000, description="fair-share weight when models are busy")
+    caps: KeyCaps | None = Field(default=None, description="this key's own caps (below the global ones)")
 
 
 _KEYS = TypeAdapter(tuple[KeyConfig, ...])
@@ -234,6 +271,29 @@ class RequestLimits(_Strict):
         description="share the keys' counters between gateway replicas through this Redis",
     )
 
+    def narrowed(self, caps: KeyCaps | None) -> RequestLimits:
+        """These caps with a key's own applied (the lower of each pair)."""
+        if caps is None:
+            return self
+        mine = caps.model_dump(exclude_none=True)
+        merged = {k: v if getattr(self, k) is None else min(v, getattr(self, k)) for k, v in mine.items()}
+        return self.model_copy(update=merged)
+
+
+class AdmissionConfig(_Strict):
+    """The queue in front of each model version whose replicas take a bounded number of requests
+    (``max_in_flight``): fair across keys by weight (gateway/services/admission.py)."""
+
+    queue_size: int = Field(default=1024, ge=0, description="requests waiting per version at most")
+    queue_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a request may wait; then 429 (over its share) or 503"
+    )
+    hold: float = Field(
+        default=0.05,
+        ge=0,
+        description="seconds a slot freed by a key below its share is kept for that key's next request",
+    )
+
 
 class OffloadConfig(_Strict):
     """The whole file."""
@@ -241,6 +301,7 @@ class OffloadConfig(_Strict):
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     auth: AuthConfig = AuthConfig()
     limits: RequestLimits = RequestLimits()
+    admission: AdmissionConfig = AdmissionConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> OffloadConfig:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.config import AuthConfig, OffloadConfig
+from gateway.config import AuthConfig, KeyCaps, OffloadConfig
 from gateway.protocol import paths
 
 PREFIX = "ofl-"
@@ -58,6 +58,8 @@ class Principal:
     rpm: int | None = None
     tpm: int | None = None
     max_concurrent: int | None = None
+    weight: float = 1.0
+    caps: KeyCaps | None = None
 
     @property
     def limited(self) -> bool:
@@ -93,6 +95,8 @@ class KeyRing:
                 k.rpm,
                 k.tpm,
                 k.max_concurrent,
+                k.weight,
+                k.caps,
             )
             for k in keys
         }

@@ -89,6 +89,20 @@ class Metrics:
             ["key", "model", "version", "kind"],
             registry=r,
         )
+        self.admission_wait = Histogram(
+            "offload_admission_wait_seconds",
+            "Time requests waited in a version's fair queue before reaching an engine",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.admission_refused = Counter(
+            "offload_admission_refused",
+            "Requests refused by a version's fair queue (reason: over_share, queue_full, timeout,"
+            " pushed_out)",
+            ["model", "version", "reason"],
+            registry=r,
+        )
         self.replica_up = Gauge("offload_replica_up", "1 when the replica takes traffic", _SERVED, registry=r)
         self.replica_in_flight = Gauge(
             "offload_replica_in_flight", "Requests outstanding on the replica", _SERVED, registry=r

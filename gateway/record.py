@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from gateway.config import KeyCaps
+
 
 @dataclass(slots=True)
 class RequestRecord:
@@ -17,6 +19,8 @@ class RequestRecord:
     route: str = ""
     key: str | None = None  # the API key's configured name (never the key itself)
     allowed_models: frozenset[str] | None = None  # what the key may use; None: every model
+    weight: float = 1.0  # the key's fair-share weight
+    caps: KeyCaps | None = None  # the key's own caps, beside the global ones
     model: str | None = None  # as requested (for the log)
     routed_model: str | None = None  # a configured model name (safe as a metric label)
     in_flight: bool = False

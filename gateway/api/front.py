@@ -187,6 +187,7 @@ class FrontDoor:
         principal = self._keys.lookup(presented_key(scope["headers"]))
         if principal is not None:
             record.key, record.allowed_models = principal.name, principal.models
+            record.weight, record.caps = principal.weight, principal.caps
         return principal
 
     @staticmethod

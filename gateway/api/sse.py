@@ -32,19 +32,35 @@ async def end_with_error(send: Send, payload: bytes) -> None:
     await send({"type": "http.response.body", "body": event(payload) + DONE, "more_body": False})
 
 
-async def send_events(send: Send, receive: Receive, payloads: AsyncIterable[bytes]) -> bool:
+async def send_events(
+    send: Send, receive: Receive, payloads: AsyncIterable[bytes], defer_start: bool = False
+) -> bool:
     """Send a 200 event stream: each payload as an event as it comes (an empty one, the engine's
     silence, see :data:`gateway.upstream.KEEPALIVE`, as a ping), then ``[DONE]``. Returns False when
     the client left first (the relay is then cancelled at once, wherever it waits: the caller frees
     the engine).
 
+    ``defer_start``: start the response with the first payload, not at once, so that an error the
+    payloads raise before it (a stream that waited in a queue and was refused) can still be answered
+    with its own status.
+
     The hot path of a stream: framing is done here, in the loop that sends, with no generator or
     task per event; ``[DONE]`` travels in the response's last message.
     """
-    await send({"type": "http.response.start", "status": 200, "headers": RESPONSE_HEADERS})
+    start = {"type": "http.response.start", "status": 200, "headers": RESPONSE_HEADERS}
+    if not defer_start:
+        await send(start)
 
     async def relay() -> None:
-        async for payload in payloads:
+        events = aiter(payloads)
+        if defer_start:
+            first = await anext(events, None)
+            await send(start)
+            if first is not None:
+                await send(
+                    {"type": "http.response.body", "body": event(first) if first else PING, "more_body": True}
+                )
+        async for payload in events:
             body = b"data: " + payload + b"\n\n" if payload else PING
             await send({"type": "http.response.body", "body": body, "more_body": True})
         await send({"type": "http.response.body", "body": DONE, "more_body": False})

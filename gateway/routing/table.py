@@ -31,6 +31,8 @@ class Version:
     shadow: float = 0.0
     fallback: str | None = None
     policy: PolicyName = "least_outstanding"
+    max_in_flight: int | None = None
+    """Requests each replica takes at once (more wait at the gateway); None: no limit."""
 
     @property
     def public_id(self) -> str:
@@ -109,6 +111,7 @@ class RouteTable:
                     shadow=vc.shadow,
                     fallback=vc.fallback,
                     policy=vc.policy or m.policy,
+                    max_in_flight=m.replica_limit(vc),
                 )
             routes[m.name] = Route(
                 model=m.name,

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from gateway.config import AdmissionConfig
 from gateway.errors import EngineError, GatewayError
 from gateway.metrics import Metrics
 from gateway.protocol import paths
@@ -21,6 +22,7 @@ from gateway.record import RequestRecord
 from gateway.routing.router import Router
 from gateway.routing.table import Replica, Route, Version
 from gateway.routing.versions import choose_shadows
+from gateway.services.admission import Admission, Gate
 from gateway.services.caps import Caps
 from gateway.services.failover import Failover, resolve
 from gateway.services.leases import Leases
@@ -60,8 +62,10 @@ class ChatService:
         metrics: Metrics,
         shadows: ShadowSender,
         caps: Caps,
+        admission: Admission | None = None,
     ) -> None:
         self._caps = caps
+        self._admission = admission or Admission(AdmissionConfig(), metrics)
         self._router = router
         self._failover = failover
         self._leases = leases
@@ -74,7 +78,7 @@ class ChatService:
         data, request = parse_body(body, ChatCompletionRequest)
         record.model = request.model
         record.stream = request.stream
-        self._caps.check_chat(request)
+        self._caps.check_chat(request, record.caps)
         return data, request
 
     def _target(self, call: _Call, headers: Mapping[str, str]) -> tuple[Route, Version, str | None]:
@@ -105,7 +109,12 @@ class ChatService:
                 raise EngineError("The engine aborted the request.")
             return answer
 
-        answer, used = await self._failover.run(route, version, record, attempt, key)
+        gate = await self._admission.enter(version, record)
+        try:
+            answer, used = await self._failover.run(route, version, record, attempt, key)
+        finally:
+            if gate is not None:
+                gate.leave(record.key or "")
         usage = answer.get("usage") or {}
         record.prompt_tokens = usage.get("prompt_tokens")
         record.completion_tokens = usage.get("completion_tokens")
@@ -123,20 +132,31 @@ class ChatService:
         """Start a stream. What fails before the engine starts answering raises here (a real status,
         after failover); what fails later becomes an in-band error event.
 
-        When the version's engine must first be loaded on demand (minutes), the stream comes back
-        at once and opens while it is iterated: the transport can start the response, and the
-        stream yields :data:`~gateway.upstream.KEEPALIVE` every ``keepalive`` seconds while the
-        engine loads (a failure to load then arrives in-band).
+        When the request must first wait, for a slot in the version's fair queue or for an engine
+        loaded on demand (minutes), the stream comes back at once with :attr:`ChatStream.waiting`
+        set and opens while it is iterated: it yields :data:`~gateway.upstream.KEEPALIVE` every
+        ``keepalive`` seconds meanwhile. A failure before the first keep-alive raises from the
+        iteration (the transport can still answer with its status); after one, it arrives in-band.
         """
         call = _Call(data, request, record)
         route, version, key = self._target(call, headers)
         # Ask for usage even when the client did not, for accounting; that chunk is then dropped.
         data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
         stream = ChatStream()
-        if self._failover.needs_start(route, version):
-            stream.events = self._opening(stream, route, version, key, call, keepalive)
-        else:
+        gate = self._admission.gate(version)
+        tenant = record.key or ""
+        if gate is not None and gate.try_enter(tenant, record.weight):
+            stream.admitted(gate, tenant)
+            gate = None  # nothing to wait for
+        if gate is not None or self._failover.needs_start(route, version):
+            stream.events = self._opening(stream, route, version, key, call, keepalive, gate)
+            stream.waiting = True
+            return stream
+        try:
             await self._open(stream, route, version, key, call)
+        except BaseException:
+            await stream.aclose()  # the caller never sees this stream: free its slot here
+            raise
         return stream
 
     async def _open(
@@ -164,19 +184,33 @@ class ChatService:
         key: str | None,
         call: _Call,
         keepalive: float,
+        gate: Gate | None,
     ) -> AsyncGenerator[bytes, None]:
-        """Open the stream while the transport already streams: keep-alives while the engine loads
-        (the same silence watch as a started stream's), then the relay's payloads."""
-        opening = asyncio.ensure_future(self._open(stream, route, version, key, call))
+        """Open the stream while it is iterated: wait for a slot at ``gate`` (if given), then open
+        (loading an on-demand engine if need be), with keep-alives meanwhile (the same silence watch
+        as a started stream's); then the relay's payloads."""
+
+        async def open_when_admitted() -> None:
+            if gate is not None:
+                tenant = call.record.key or ""
+                await gate.wait(tenant, call.record.weight)
+                stream.admitted(gate, tenant)
+            await self._open(stream, route, version, key, call)
+
+        opening = asyncio.ensure_future(open_when_admitted())
         watch = SilenceWatch(keepalive)
+        pinged = False
         try:
             while True:
                 try:
                     await watch.read(asyncio.shield(opening))
                     break
                 except Silent:
+                    pinged = True
                     yield KEEPALIVE
         except GatewayError as exc:
+            if not pinged:
+                raise  # nothing sent yet: the client gets the error's own status
             call.record.error_type = exc.code
             yield in_band(exc)
             return
@@ -276,13 +310,22 @@ class ChatStream:
     that left before the first byte), which a bare async generator's ``aclose`` would not cover.
     """
 
-    __slots__ = ("_release", "_upstream", "events", "relay")
+    __slots__ = ("_gate", "_release", "_tenant", "_upstream", "events", "relay", "waiting")
 
     def __init__(self) -> None:
         self.events: AsyncGenerator[bytes, None] | None = None
         self.relay: AsyncGenerator[bytes, None] | None = None
+        self.waiting = False
+        """True when the stream must wait (a queue slot, an engine loading) before the engine
+        answers: the transport starts the response with the first payload, not at once."""
         self._upstream: EventStream | None = None
         self._release: Callable[[], None] | None = None
+        self._gate: Gate | None = None
+        self._tenant = ""
+
+    def admitted(self, gate: Gate, tenant: str) -> None:
+        """The stream holds a slot of ``gate`` until it is closed."""
+        self._gate, self._tenant = gate, tenant
 
     def attach(
         self, relay: AsyncGenerator[bytes, None], upstream: EventStream, release: Callable[[], None]
@@ -311,6 +354,9 @@ class ChatStream:
                 release, self._release = self._release, None
                 if release is not None:
                     release()
+                gate, self._gate = self._gate, None
+                if gate is not None:
+                    gate.leave(self._tenant)
 
 
 def in_band(error: GatewayError) -> bytes:

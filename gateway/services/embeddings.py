@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from gateway.config import AdmissionConfig
 from gateway.errors import InvalidRequestError
 from gateway.metrics import Metrics
 from gateway.protocol import paths
@@ -14,6 +15,7 @@ from gateway.protocol.embeddings import EmbeddingRequest
 from gateway.record import RequestRecord
 from gateway.routing.router import Router
 from gateway.routing.table import Replica
+from gateway.services.admission import Admission
 from gateway.services.caps import Caps
 from gateway.services.failover import Failover, resolve
 from gateway.services.parsing import parse_body
@@ -27,9 +29,16 @@ class EmbeddingsService:
     """Serves ``/v1/embeddings`` for every configured embeddings model."""
 
     def __init__(
-        self, router: Router, failover: Failover, upstream: Upstream, metrics: Metrics, caps: Caps
+        self,
+        router: Router,
+        failover: Failover,
+        upstream: Upstream,
+        metrics: Metrics,
+        caps: Caps,
+        admission: Admission | None = None,
     ) -> None:
         self._caps = caps
+        self._admission = admission or Admission(AdmissionConfig(), metrics)
         self._router = router
         self._failover = failover
         self._upstream = upstream
@@ -41,7 +50,7 @@ class EmbeddingsService:
         record.model = request.model
         if request.input_is_empty():
             raise InvalidRequestError("'input' must not be empty.", param="input")
-        self._caps.check_embeddings(request)
+        self._caps.check_embeddings(request, record.caps)
         route, choice = resolve(
             self._router, self._metrics, record, request.model, "embeddings", request.user, headers
         )
@@ -49,7 +58,12 @@ class EmbeddingsService:
         async def attempt(replica: Replica) -> dict[str, Any]:
             return await post_answer(self._upstream, replica, PATH, data)
 
-        answer, used = await self._failover.run(route, choice.version, record, attempt)
+        gate = await self._admission.enter(choice.version, record)
+        try:
+            answer, used = await self._failover.run(route, choice.version, record, attempt)
+        finally:
+            if gate is not None:
+                gate.leave(record.key or "")
         record.prompt_tokens = (answer.get("usage") or {}).get("prompt_tokens")
         record.public_model = answer["model"] = used.public_id
         return orjson.dumps(answer)

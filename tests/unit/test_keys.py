@@ -219,3 +219,19 @@ def test_the_example_serves_the_default_models_with_the_readme_demo_keys() -> No
     assert [m.name for m in config.models] == ["smollm2", "minilm"]
     assert admin is not None and admin.admin and admin.models is None
     assert embed is not None and not embed.admin and embed.models == frozenset({"minilm"})
+
+
+def test_a_keys_weight_and_own_caps_reach_its_principal() -> None:
+    text = MODELS + (
+        "auth:\n  keys:\n"
+        f"    - {{name: big, hash: '{hash_key('ofl-big')}', weight: 4, caps: {{max_tokens: 64}}}}\n"
+        f"    - {{name: small, hash: '{hash_key('ofl-small')}'}}\n"
+    )
+    ring = KeyRing(parse_config(text).auth)
+
+    big, small = ring.lookup("ofl-big"), ring.lookup("ofl-small")
+    assert big is not None and small is not None
+    assert (big.weight, big.caps is not None and big.caps.max_tokens) == (4.0, 64)
+    assert (small.weight, small.caps) == (1.0, None)
+    with pytest.raises(ConfigError, match="weight"):
+        parse_config(MODELS + f"auth:\n  keys:\n    - {{name: z, hash: '{hash_key('z')}', weight: 0}}\n")

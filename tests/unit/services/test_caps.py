@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import RequestLimits, parse_config
+from gateway.config import KeyCaps, RequestLimits, parse_config
 from gateway.errors import InvalidRequestError
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.embeddings import EmbeddingRequest
@@ -94,3 +94,24 @@ async def test_the_caps_follow_a_reloaded_configuration() -> None:
 
     with pytest.raises(InvalidRequestError):
         caps.check_chat(chat(n=3))
+
+
+def test_a_keys_own_caps_apply_beside_the_global_ones_and_the_lower_wins() -> None:
+    caps = Caps(RequestLimits(max_tokens=100, max_n=4))
+    own = KeyCaps(max_tokens=10, max_n=8, max_embedding_inputs=2)
+
+    with pytest.raises(InvalidRequestError) as caught:
+        caps.check_chat(chat(max_tokens=20), own)  # the key's 10, below the global 100
+    assert caught.value.param == "max_tokens"
+    with pytest.raises(InvalidRequestError) as caught:
+        caps.check_chat(chat(n=5), own)  # the global 4, below the key's 8
+    assert caught.value.param == "n"
+    with pytest.raises(InvalidRequestError):
+        caps.check_embeddings(embed(["a", "b", "c"]), own)
+    caps.check_chat(chat(max_tokens=20))  # other keys: the global caps only
+    caps.check_embeddings(embed(["a", "b", "c"]))
+
+
+def test_a_keys_cap_on_a_parameter_the_global_caps_leave_open_applies() -> None:
+    with pytest.raises(InvalidRequestError):
+        Caps(RequestLimits()).check_chat(chat(max_completion_tokens=11), KeyCaps(max_tokens=10))

@@ -592,20 +592,20 @@ async def test_a_stream_whose_engine_must_load_sends_keepalives_then_the_engines
     assert released(w, engines)
 
 
-async def test_a_stream_whose_engine_does_not_load_sends_one_in_band_error(
+async def test_a_stream_whose_engine_does_not_load_before_a_ping_raises_its_error(
     table: RouteTable, metrics: Metrics, record: RequestRecord
 ) -> None:
+    # Nothing was sent yet: the error is raised, so the client gets a real 503, not a 200 stream.
     engines = FakeEngines({CHAT_URL}, starts=False)
     upstream = FakeUpstream()
     chat, w = on_demand(table, metrics, engines, upstream)
 
     stream, _, _ = await open_stream(chat, record)
-    payloads = await collect(stream)
+    assert stream.waiting
+    with pytest.raises(EngineUnavailableError, match="did not load in time"):
+        await collect(stream)
+    await stream.aclose()
 
-    assert len(payloads) == 1
-    assert payloads[0]["error"]["code"] == "engine_unavailable"
-    assert "did not load in time" in payloads[0]["error"]["message"]
-    assert record.error_type == "engine_unavailable"
     assert upstream.calls == []
     assert released(w, engines)
 
@@ -634,9 +634,10 @@ async def test_a_load_that_fails_after_keepalives_ends_with_one_in_band_error(
     assert released(w, engines)
 
 
-async def test_an_engine_that_loads_but_rejects_the_request_sends_its_error_in_band(
+async def test_an_engine_that_loads_quickly_but_rejects_the_request_raises_its_error(
     table: RouteTable, metrics: Metrics, record: RequestRecord
 ) -> None:
+    # Loaded before the first keep-alive: nothing was sent, so the engine's 400 is the answer's status.
     engines = FakeEngines({CHAT_URL})
     reply = UpstreamReply(
         400, b'{"error":{"message":"too long","type":"BadRequestError","param":null,"code":400}}'
@@ -644,11 +645,15 @@ async def test_an_engine_that_loads_but_rejects_the_request_sends_its_error_in_b
     chat, w = on_demand(table, metrics, engines, FakeUpstream(reply=reply))
 
     stream, _, _ = await open_stream(chat, record)
-    payloads = await collect(stream)
+    with pytest.raises(EngineStatusError) as raised:
+        await collect(stream)
+    await stream.aclose()
 
-    assert len(payloads) == 1
-    assert (payloads[0]["error"]["message"], payloads[0]["error"]["code"]) == ("too long", "invalid_request")
-    assert record.error_type == "invalid_request"
+    assert (raised.value.status, raised.value.message, raised.value.code) == (
+        400,
+        "too long",
+        "invalid_request",
+    )
     assert w.breakers.state("chat-0") is State.UP  # the engine works; the request was wrong
     assert released(w, engines)
 
