@@ -219,6 +219,7 @@ def test_the_example_serves_the_default_models_with_the_readme_demo_keys() -> No
     assert [m.name for m in config.models] == ["smollm2", "minilm"]
     assert admin is not None and admin.admin and admin.models is None
     assert embed is not None and not embed.admin and embed.models == frozenset({"minilm"})
+    assert embed.rpm == 5  # as the README says
 
 
 def test_a_keys_weight_and_own_caps_reach_its_principal() -> None:
