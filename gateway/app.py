@@ -41,6 +41,7 @@ from gateway.services.failover import Failover
 from gateway.services.leases import Leases
 from gateway.services.limiter import Limiter
 from gateway.services.on_demand import OnDemand
+from gateway.services.resume import Resumer
 from gateway.services.shadow import ShadowSender
 from gateway.settings import Settings
 from gateway.upstream import Upstream
@@ -173,7 +174,17 @@ def create_app(
         openapi_config=None,
         debug=False,
     )
-    chat = ChatService(router, failover, leases, upstream, metrics, shadows, caps, admission)
+    chat = ChatService(
+        router,
+        failover,
+        leases,
+        upstream,
+        metrics,
+        shadows,
+        caps,
+        admission,
+        Resumer(router, upstream, leases, metrics, up.max_resumes, up.request_timeout),
+    )
     hot = {
         paths.CHAT_COMPLETIONS: chat_handler(chat, up.keepalive_interval, max_body, drain),
         paths.EMBEDDINGS: embeddings_handler(

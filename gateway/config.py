@@ -130,6 +130,7 @@ class VersionConfig(_Strict):
     max_in_flight: int | None = Field(
         default=None, ge=1, description="requests per replica at once; default: the model's"
     )
+    resume: bool | None = Field(default=None, description="continue broken streams; default: the model's")
 
 
 class ModelConfig(_Strict):
@@ -148,6 +149,11 @@ class ModelConfig(_Strict):
         default="x-session-id", description="sticky sessions: this header, else `user`"
     )
     prefix_chars: int = Field(default=2048, ge=16, description="prompt prefix length prefix_affinity hashes")
+    resume: bool | None = Field(
+        default=None,
+        description="continue a stream broken mid-answer on another replica of its version"
+        " (gateway/services/resume.py); default: on for versions with two replicas or more",
+    )
     max_in_flight: int | None = Field(
         default=None,
         ge=1,

@@ -63,6 +63,7 @@ def log_request(logger: structlog.typing.FilteringBoundLogger, record: RequestRe
         served=record.public_model,
         replica=record.replica,
         retries=record.retries or None,
+        resumes=record.resumes or None,
         stream=record.stream,
         status=record.status,
         error=record.error_type,

@@ -4,14 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import ipaddress
 import signal
-import socket
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import structlog
@@ -21,10 +18,12 @@ from pydantic import ValidationError
 
 from gateway.config import ConfigError, KeyConfig, OffloadConfig, load_config
 from gateway.logging import configure_logging
+from gateway.serving import DrainingServer, RequestHeadGuard
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from engines.supervisor import Supervisor
+    from gateway.api.asgi import ASGIApp
     from gateway.api.front import FrontDoor
     from gateway.drain import Drain
     from gateway.services.engine_control import EngineControl
@@ -33,11 +32,21 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("offload.main")
 
 
-def app_from_env() -> FrontDoor:
-    """Factory for ``uvicorn --factory gateway.main:app_from_env`` (settings from the environment)."""
+def app_from_env() -> ASGIApp:
+    """Factory for ``uvicorn --factory gateway.main:app_from_env`` (settings from the environment).
+
+    uvicorn's own options apply there: ``--timeout-keep-alive`` and ``--http
+    gateway.serving:RequestHeadGuard`` (default limits) give what :func:`serve` sets up itself."""
     settings = Settings()
     configure_logging(settings.log)
-    return create_app_checked(settings, load_config(settings.config))
+    return served_app(settings, create_app_checked(settings, load_config(settings.config)))
+
+
+def served_app(settings: Settings, app: FrontDoor) -> ASGIApp:
+    """What uvicorn serves: the gateway, behind CORS when origins are configured."""
+    from gateway.api.cors import with_cors
+
+    return with_cors(app, settings.server.cors_origins)
 
 
 def create_app_checked(
@@ -52,52 +61,12 @@ def create_app_checked(
     return create_app(settings, config, engines, drain=drain)
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, stopped in the steps of :mod:`gateway.drain` on SIGTERM, or on Ctrl-C without
-    the grace period (a second signal stops at once)."""
-
-    def __init__(self, config: uvicorn.Config, drain: Drain, grace: float, timeout: float) -> None:
-        super().__init__(config)
-        self._drain = drain
-        self._grace = grace
-        self._timeout = timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._steps: asyncio.Task[None] | None = None
-
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # (uvicorn would re-raise the signal once stopped, killing the process: we return instead.)
-        if self._drain.draining or self._loop is None:
-            self.should_exit = self.force_exit = True
-            return
-        self._drain.begin()
-        # SIGTERM comes from an orchestrator whose load balancer must see /ready fail first; Ctrl-C
-        # from a person, who has no load balancer to wait for.
-        grace = self._grace if sig == signal.SIGTERM else 0.0
-        self._loop.call_soon_threadsafe(self._start, grace)
-
-    def _start(self, grace: float) -> None:
-        self._steps = asyncio.ensure_future(self._run_steps(grace))
-
-    async def _run_steps(self, grace: float) -> None:
-        _log.info("draining: not ready, still serving", grace_s=grace)
-        await asyncio.sleep(grace)
-        self.should_exit = True  # uvicorn closes the listener and waits for what is in flight
-        await asyncio.sleep(self._timeout)
-        if self._drain.open_streams:
-            _log.warning("drain timed out: ending open streams", streams=self._drain.open_streams)
-        self._drain.expire()
-
-
 def serve(settings: Settings, config: OffloadConfig, engines: EngineControl | None = None) -> None:
     """Serve the gateway until SIGINT/SIGTERM (uvloop + httptools, one worker), then drain."""
     from gateway.drain import Drain
 
     drain = Drain()
-    app = create_app_checked(settings, config, engines, drain)
+    app = served_app(settings, create_app_checked(settings, config, engines, drain))
     # Everything built so far lives as long as the process: keep it out of the garbage collector's
     # full passes (fewer objects to walk while serving), and collect the young generation less often
     # (a request allocates thousands of short-lived objects; the default 700 ran it several times each).
@@ -105,12 +74,16 @@ def serve(settings: Settings, config: OffloadConfig, engines: EngineControl | No
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
     server = settings.server
+    head_limit = 2 * server.max_header_bytes  # the raw head; FrontDoor checks the parsed headers exactly
     uvicorn_config = uvicorn.Config(
         app,
         host=server.host,
         port=server.port,
         loop="uvloop",
-        http="httptools",
+        http=RequestHeadGuard.configured(server.header_timeout, head_limit),
+        h11_max_incomplete_event_size=head_limit,  # (used only if h11 replaces httptools)
+        # After a response; longer than load balancers' idle timeout (gateway/settings.py).
+        timeout_keep_alive=server.keep_alive_timeout,
         access_log=False,  # the gateway writes its own summary line per request
         proxy_headers=False,  # no trusted proxy in front by default; saves work per request
         server_header=False,
@@ -151,7 +124,7 @@ def keys_cli(args: argparse.Namespace) -> int:
     if args.action != "new" or not args.name:
         usage = (
             "offload keys new NAME [--models A,B] [--admin] [--expires ISO-8601]"
-            " [--rpm N] [--tpm N] [--max-concurrent N]"
+            " [--rpm N] [--tpm N] [--max-concurrent N] [--weight W]"
         )
         print(f"usage: {usage}", file=sys.stderr)
         return 2
@@ -168,6 +141,7 @@ def keys_cli(args: argparse.Namespace) -> int:
             rpm=args.rpm,
             tpm=args.tpm,
             max_concurrent=args.max_concurrent,
+            **({} if args.weight is None else {"weight": args.weight}),
         )
     except ValidationError as exc:
         print(f"offload: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
@@ -297,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tpm", type=int, help="with `keys new`: tokens per window")
     parser.add_argument("--max-concurrent", type=int, help="with `keys new`: requests in flight at once")
+    parser.add_argument("--weight", type=float, help="with `keys new`: fair-share weight (default 1)")
     parser.add_argument("--url", help="with `engines`: the gateway (default http://HOST:PORT)")
     parser.add_argument("--lines", type=int, default=50, help="with `engines logs`")
     parser.add_argument("--config", type=Path, help="configuration file (default: $OFFLOAD_CONFIG)")

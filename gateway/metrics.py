@@ -103,6 +103,20 @@ class Metrics:
             ["model", "version", "reason"],
             registry=r,
         )
+        self.resumes = Counter(
+            "offload_stream_resumes",
+            "Streams broken mid-answer and what came of resuming them (resumed, no_replica, refused,"
+            " not_exact, out_of_resumes, out_of_time, nothing_left)",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.resume_gap = Histogram(
+            "offload_stream_resume_gap_seconds",
+            "Time from a stream's break to the first token of its continuation",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.replica_up = Gauge("offload_replica_up", "1 when the replica takes traffic", _SERVED, registry=r)
         self.replica_in_flight = Gauge(
             "offload_replica_in_flight", "Requests outstanding on the replica", _SERVED, registry=r

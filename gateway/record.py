@@ -28,6 +28,7 @@ class RequestRecord:
     public_model: str | None = None  # what the response reports: chat:v2
     replica: str | None = None
     retries: int = 0
+    resumes: int = 0  # a broken stream continued on another replica (gateway/services/resume.py)
     stream: bool = False
     status: int = 0
     error_type: str | None = None

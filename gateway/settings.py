@@ -6,15 +6,19 @@ is not here but in the configuration file (:mod:`gateway.config`), selected by `
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# What a browser sends in its Origin header: scheme, host, optional port; nothing after.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
 
 
 class ServerSettings(BaseModel):
-    """Where the gateway listens and how large a request may be."""
+    """Where the gateway listens, how large and how slow a request may be, which browsers may call it."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -23,10 +27,37 @@ class ServerSettings(BaseModel):
     # requests and streams in flight may take to finish (gateway/drain.py).
     drain_grace: float = Field(default=5.0, ge=0)
     drain_timeout: float = Field(default=25.0, gt=0)
-    # All request headers together (names and values); past it 431 (the HTTP parser sets no limit).
+    # All request headers together (names and values); past it 431. The HTTP parser sets no limit of
+    # its own: a raw request head (request line and framing too) past twice this is answered 431 and
+    # its connection closed before it is parsed to the end (gateway/main.py).
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     # Serving beyond loopback with no API key configured must be asked for in so many words.
     allow_keyless: bool = False
+    # Seconds an idle connection is kept open after a response. Longer than the 60 s idle timeout of
+    # most load balancers (AWS ALB, ingress-nginx, Azure): a backend that closes first races the
+    # proxy reusing the connection, and the client gets a 502. 75 s is nginx's own keepalive_timeout.
+    # (Google Cloud's load balancer keeps backend connections 600 s: raise it past that there.)
+    keep_alive_timeout: int = Field(default=75, ge=1)
+    # Seconds a connection has to send a complete request head (request line and headers), from
+    # when it opens or from the first byte of its next request; past it the connection is closed.
+    # uvicorn has no such limit: a client that connects and says nothing, or trickles its headers,
+    # would be held forever (gateway/main.py).
+    header_timeout: float = Field(default=10.0, gt=0)
+    # Browser origins allowed to call the gateway (CORS), e.g. ["https://app.example"]; ["*"] any
+    # origin. Empty: no CORS at all. Credentials (cookies) are never allowed: keys travel in the
+    # Authorization header, which needs no credentials mode.
+    cors_origins: tuple[str, ...] = ()
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin.lower()):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port], no path or trailing slash "
+                    '(e.g. "https://app.example"), or "*"'
+                )
+        return tuple(origin.lower() for origin in origins)  # browsers send them in lower case
 
 
 class UpstreamSettings(BaseModel):
@@ -42,6 +73,8 @@ class UpstreamSettings(BaseModel):
     max_connections: int = Field(default=1000, ge=1)
     # Other replicas tried when one fails before anything reached the client.
     max_retries: int = Field(default=2, ge=0)
+    # Streams broken mid-answer continued on another replica, at most this many times each.
+    max_resumes: int = Field(default=2, ge=0)
     max_shadow_in_flight: int = Field(default=32, ge=0)
     # On-demand engines: how long a request may wait for one to load, and how many may wait.
     on_demand_wait: float = Field(default=600.0, gt=0)

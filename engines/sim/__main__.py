@@ -21,6 +21,8 @@ _KNOB_HELP = {
     "stall_after": "go silent after N SSE events (for --stall-s seconds)",
     "stall_s": "length of a stall in seconds",
     "reset_after": "drop the connection after N SSE events",
+    "close_after": "end the stream cleanly, without [DONE], after N SSE events",
+    "fault_scope": "requests the stall/reset/close faults hit: all, original (not continuations), continuation",
     "health_delay": "seconds before /health answers",
 }
 

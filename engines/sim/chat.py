@@ -1,8 +1,17 @@
-"""``POST /v1/chat/completions``: simulated generation, streamed (SSE) or whole, in vLLM's shape."""
+"""``POST /v1/chat/completions``: simulated generation, streamed (SSE) or whole, in vLLM's shape.
+
+The text is the request's deterministic token sequence (:mod:`engines.sim.answer`). A request with
+``continue_final_message: true`` and ``add_generation_prompt: false`` continues its final assistant
+message, as vLLM does: generation resumes where that text ends in the sequence, the prefix counts as
+prompt tokens, the answer holds only the new text, and the first event still carries
+``role: assistant``. Such answers carry ``X-Sim-Continue-Match`` (``exact``, ``partial`` or
+``mismatch``) and ``X-Sim-Continue-Position`` (the token the continuation starts at).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
@@ -16,14 +25,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Send
 
-from engines.sim.chunks import DONE, ChunkEncoder, text_of
+from engines.sim.answer import TOKEN_CODES, Answer, Resume, content_text, conversation_key, match_prefix
+from engines.sim.chunks import DONE, ChunkEncoder
 from engines.sim.config import Knobs, SimConfig
 from engines.sim.engine import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, SimEngine
 from engines.sim.errors import SimError, error_response
-from engines.sim.faults import ResetResponse, has_stream_faults, inject, unless_disconnected
+from engines.sim.faults import CutResponse, ResetResponse, has_stream_faults, inject, unless_disconnected
 from engines.sim.intake import positive_int, take_in
 
 _SSE_HEADERS = {"Cache-Control": "no-cache"}
+
+# vLLM's answers (its request validator, transformers' chat template, its Mistral tokenizer check).
+BOTH_FLAGS = "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+DEFAULT_GENERATION_PROMPT = (
+    "continue_final_message and add_generation_prompt are not compatible. Use continue_final_message when "
+    "you want the model to continue the final message, and add_generation_prompt when you want to add a "
+    "header that will prompt it to start a new assistant message instead."
+)
+NOT_ASSISTANT = "Cannot set `continue_final_message` to True when the last message is not from the assistant."
+NO_CONTENT = 'continue_final_message is set but the final message has no "content" to continue!'
 
 
 class _EventStream(EventSourceResponse):
@@ -51,6 +71,33 @@ class Plan:
     finish_reason: str
     include_usage: bool
     knobs: Knobs
+    answer: Answer
+    resume: Resume | None = None
+    """Set for a continuation: generation starts at ``resume.position`` (with ``resume.head``)."""
+
+    @property
+    def start(self) -> int:
+        return 0 if self.resume is None else self.resume.position
+
+    @property
+    def head(self) -> str:
+        return "" if self.resume is None else self.resume.head
+
+    def text(self) -> str:
+        """The generated text of one choice."""
+        count = self.completion_tokens
+        if count == 0:
+            return ""
+        start = self.start
+        return (self.head or self.answer.token(start)) + self.answer.text(start + 1, start + count)
+
+    def headers(self) -> dict[str, str]:
+        if self.resume is None:
+            return {}
+        return {
+            "X-Sim-Continue-Match": self.resume.match,
+            "X-Sim-Continue-Position": str(self.resume.position),
+        }
 
 
 class ChatHandler:
@@ -67,23 +114,51 @@ class ChatHandler:
             plan = self._plan(intake.body, intake.model, intake.knobs)
         except SimError as exc:
             return error_response(exc)
+        if plan.resume is not None:
+            self._engine.continued[plan.resume.match] += 1
+        headers = plan.headers()
         if intake.body.get("stream") is True:
             events = self._events(plan)
             if has_stream_faults(plan.knobs):
                 events = inject(events, plan.knobs)
-            return _EventStream(events, ping=0, headers=_SSE_HEADERS)
+            return _EventStream(events, ping=0, headers={**_SSE_HEADERS, **headers})
         answer = await unless_disconnected(request, self._complete(plan))
         if answer is None:
             return Response(status_code=499)  # the client left; nobody reads this
         if isinstance(answer, Response):
             return answer
-        return Response(answer, media_type="application/json")
+        return Response(answer, media_type="application/json", headers=headers)
 
     def _plan(self, body: dict[str, Any], model: str, knobs: Knobs) -> Plan:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise SimError("'messages' must be a non-empty list.", param="messages")
-        prompt_tokens = sum(_message_tokens(m) for m in messages)
+        continuing = _flag(body, "continue_final_message")
+        generation_prompt = _flag(body, "add_generation_prompt")
+        prefix: str | None = None
+        if continuing:
+            if generation_prompt:
+                raise SimError(BOTH_FLAGS)
+            if generation_prompt is None:  # vLLM's default is true: the chat template refuses
+                raise SimError(DEFAULT_GENERATION_PROMPT)
+            last = messages[-1]
+            if not isinstance(last, dict) or last.get("role") != "assistant":
+                raise SimError(NOT_ASSISTANT, param="messages")
+            prefix = content_text(last)
+            if prefix is None:
+                raise SimError(NO_CONTENT, param="messages")
+            conversation = messages[:-1]
+        else:
+            conversation = messages
+        prompt_tokens = sum(_message_tokens(m) for m in conversation)
+        answer = Answer(conversation_key(conversation, body.get("seed")))
+        resume = None if prefix is None else match_prefix(answer, prefix)
+        start = 0
+        if resume is not None:
+            prompt_tokens += resume.prompt_tokens
+            start = resume.position
+        if _faults_spared(knobs, continuing=resume is not None):
+            knobs = dataclasses.replace(knobs, stall_after=None, reset_after=None, close_after=None)
         choices = positive_int(body, "n", 1) or 1
         limit = positive_int(body, "max_completion_tokens") or positive_int(body, "max_tokens")
         room = self._config.max_model_len - prompt_tokens
@@ -95,10 +170,11 @@ class ChatHandler:
                 param="max_tokens",
             )
         limit = room if limit is None else limit
-        if body.get("ignore_eos") is True or knobs.output_tokens >= limit:
+        natural = knobs.output_tokens - start  # a continuation stops where the whole answer would
+        if body.get("ignore_eos") is True or natural >= limit:
             tokens, finish = limit, FINISH_LENGTH
         else:
-            tokens, finish = knobs.output_tokens, FINISH_STOP
+            tokens, finish = max(0, natural), FINISH_STOP
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         return Plan(
@@ -111,6 +187,8 @@ class ChatHandler:
             finish,
             include_usage,
             knobs,
+            answer,
+            resume,
         )
 
     async def _occupy(self, plan: Plan) -> int:
@@ -136,15 +214,27 @@ class ChatHandler:
             choices = range(plan.choices)
             for choice in choices:
                 yield encoder.role(choice)
+            head = plan.head
+            start = plan.start
+            codes = plan.answer.codes(start + plan.completion_tokens)
             last = plan.completion_tokens - 1
-            for position in range(plan.completion_tokens):
-                if position and knobs.itl > 0:
-                    await asyncio.sleep(knobs.itl)
+            if last < 0:  # a continuation of an answer that had already ended
                 for choice in choices:
-                    if position == last:
-                        yield encoder.last(choice, position, plan.finish_reason)
-                    else:
-                        yield encoder.token(choice, position)
+                    yield encoder.last(choice, "", plan.finish_reason)
+            for step in range(plan.completion_tokens):
+                if step and knobs.itl > 0:
+                    await asyncio.sleep(knobs.itl)
+                code = codes[start + step]
+                if step == last:
+                    text = head if step == 0 and head else TOKEN_CODES[code]
+                    for choice in choices:
+                        yield encoder.last(choice, text, plan.finish_reason)
+                elif step == 0 and head:
+                    for choice in choices:
+                        yield encoder.piece(choice, head)
+                else:
+                    for choice in choices:
+                        yield encoder.token(choice, code)
                 generated += plan.choices
                 engine.kv_tokens += plan.choices
                 held += plan.choices
@@ -155,7 +245,7 @@ class ChatHandler:
         finally:
             engine.release(held, generated, finish)
 
-    async def _complete(self, plan: Plan) -> bytes | ResetResponse:
+    async def _complete(self, plan: Plan) -> bytes | Response:
         """A whole answer after the simulated generation time."""
         engine = self._engine
         held = await self._occupy(plan)
@@ -163,13 +253,15 @@ class ChatHandler:
         finish = FINISH_ABORT
         try:
             knobs = plan.knobs
-            delay = knobs.ttft + knobs.itl * (plan.completion_tokens - 1)
+            delay = knobs.ttft + knobs.itl * max(0, plan.completion_tokens - 1)
             if knobs.stall_after is not None:
                 delay += knobs.stall_s
             if delay > 0:
                 await asyncio.sleep(delay)
             if knobs.reset_after is not None:
                 return ResetResponse()
+            if knobs.close_after is not None:
+                return CutResponse()
             generated = plan.completion_tokens * plan.choices
             finish = plan.finish_reason
             return orjson.dumps(_completion(plan))
@@ -178,7 +270,7 @@ class ChatHandler:
 
 
 def _completion(plan: Plan) -> dict[str, Any]:
-    text = text_of(plan.completion_tokens)
+    text = plan.text()
     choices: list[dict[str, Any]] = [
         {
             "index": i,
@@ -218,13 +310,23 @@ def _completion(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _flag(body: dict[str, Any], name: str) -> bool | None:
+    """An optional boolean field (None when absent)."""
+    value = body.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    raise SimError(f"'{name}' must be a boolean.", param=name)
+
+
+def _faults_spared(knobs: Knobs, *, continuing: bool) -> bool:
+    """Whether ``fault_scope`` keeps this request clear of the stream faults."""
+    scope = knobs.fault_scope
+    return (scope == "original" and continuing) or (scope == "continuation" and not continuing)
+
+
 def _message_tokens(message: Any) -> int:
     """A rough token count of one message (4 characters a token, plus the chat template's few)."""
     if not isinstance(message, dict):
         raise SimError("Each message must be an object.", param="messages")
-    content = message.get("content")
-    if isinstance(content, list):
-        content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    elif not isinstance(content, str):
-        content = ""
+    content = content_text(message) or ""
     return 4 + (len(content) + 3) // 4

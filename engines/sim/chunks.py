@@ -8,43 +8,13 @@ from __future__ import annotations
 
 import orjson
 
-WORDS: tuple[str, ...] = (
-    " The",
-    " quick",
-    " brown",
-    " fox",
-    " jumps",
-    " over",
-    " the",
-    " lazy",
-    " dog",
-    ".",
-    " It",
-    " is",
-    " a",
-    " simulated",
-    " answer",
-    ",",
-    " one",
-    " token",
-    " at",
-    " a",
-    " time",
-    ".",
-)
-"""The generated text cycles through these "tokens"."""
+from engines.sim.answer import TOKEN_CODES
 
 DONE = b"data: [DONE]\n\n"
 
 _TAIL_OPEN = b',"logprobs":null,"finish_reason":null}]}\n\n'
-_CONTENT = tuple(b'{"content":' + orjson.dumps(word) + b"}" + _TAIL_OPEN for word in WORDS)
+_CONTENT = tuple(b'{"content":' + orjson.dumps(word) + b"}" + _TAIL_OPEN for word in TOKEN_CODES)
 _ROLE = b'{"role":"assistant","content":""}' + _TAIL_OPEN
-
-
-def text_of(tokens: int) -> str:
-    """The full text of ``tokens`` generated tokens."""
-    count = len(WORDS)
-    return "".join(WORDS[i % count] for i in range(tokens))
 
 
 class ChunkEncoder:
@@ -70,17 +40,22 @@ class ChunkEncoder:
         """The first event of a choice: ``delta: {"role": "assistant", "content": ""}``."""
         return self._heads[choice] + _ROLE
 
-    def token(self, choice: int, position: int) -> bytes:
-        """A token event without a finish reason."""
-        return self._heads[choice] + _CONTENT[position % len(_CONTENT)]
+    def token(self, choice: int, code: int) -> bytes:
+        """A token event without a finish reason: the token of ``code`` (pre-encoded)."""
+        return self._heads[choice] + _CONTENT[code]
 
-    def last(self, choice: int, position: int, finish_reason: str) -> bytes:
-        """The last token of a choice, carrying its one ``finish_reason``."""
-        word = orjson.dumps(WORDS[position % len(WORDS)])
+    def piece(self, choice: int, text: str) -> bytes:
+        """A token event of any text, without a finish reason (the rest of a token a continuation
+        was given the beginning of)."""
+        return self._heads[choice] + b'{"content":' + orjson.dumps(text) + b"}" + _TAIL_OPEN
+
+    def last(self, choice: int, text: str, finish_reason: str) -> bytes:
+        """The last event of a choice, carrying its one ``finish_reason`` (``text`` may be empty: a
+        continuation of an answer that had already ended)."""
         return (
             self._heads[choice]
             + b'{"content":'
-            + word
+            + orjson.dumps(text)
             + b'},"logprobs":null,"finish_reason":"'
             + finish_reason.encode()
             + b'","stop_reason":null}]}\n\n'

@@ -11,14 +11,24 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 HEADER_PREFIX = b"x-sim-"
 
 
+FaultScope = Literal["all", "original", "continuation"]
+FAULT_SCOPES: tuple[FaultScope, ...] = ("all", "original", "continuation")
+
+
 @dataclass(frozen=True, slots=True)
 class Knobs:
-    """Behaviour of one request. Times are in seconds; "events" are SSE ``data:`` events."""
+    """Behaviour of one request. Times are in seconds; "events" are SSE ``data:`` events: the role
+    event of each choice, then token events, the usage event if asked for and ``[DONE]``. With one
+    choice, a fault "after K tokens" is a fault after K + 1 events.
+
+    Several stream faults at the same event: the stall comes first, then the reset or (if no reset)
+    the clean close.
+    """
 
     ttft: float = 0.0
     """Delay before the first token (for embeddings: before the answer)."""
@@ -30,10 +40,19 @@ class Knobs:
     """Probability that the request fails up front with ``error_status``."""
     error_status: int = 500
     stall_after: int | None = None
-    """Go silent (connection open) after this many events, for ``stall_s`` seconds."""
+    """Go silent (connection open) after this many events, for ``stall_s`` seconds. A non-streaming
+    answer comes ``stall_s`` later."""
     stall_s: float = 300.0
     reset_after: int | None = None
-    """Drop the connection after this many events (0: right after the headers)."""
+    """Drop the connection after this many events (0: right after the headers). A non-streaming answer
+    starts, then the connection drops."""
+    close_after: int | None = None
+    """End the stream cleanly after this many events, never sending ``[DONE]`` (nor the finish reason
+    when it comes before the last token; 0: right after the headers). A non-streaming chat answer is a
+    200 whose JSON body ends early, cleanly (embeddings ignore it)."""
+    fault_scope: FaultScope = "all"
+    """Which requests the stream faults above (stall, reset, close) hit: ``all``, ``original`` (not
+    continuations: requests with ``continue_final_message``) or ``continuation`` (only those)."""
     health_delay: float = 0.0
     """Delay before ``GET /health`` answers."""
 
@@ -91,6 +110,14 @@ def _optional_events(value: Any) -> int | None:
     return number
 
 
+def _fault_scope(value: Any) -> FaultScope:
+    text = str(value).strip().lower()
+    for scope in FAULT_SCOPES:
+        if text == scope:
+            return scope
+    raise ValueError(f"must be one of {', '.join(FAULT_SCOPES)}")
+
+
 def _probability(value: Any) -> float:
     number = float(value)
     if not 0.0 <= number <= 1.0:
@@ -124,6 +151,8 @@ PARSERS: Mapping[str, Callable[[Any], Any]] = {
     "stall_after": _optional_events,
     "stall_s": _seconds,
     "reset_after": _optional_events,
+    "close_after": _optional_events,
+    "fault_scope": _fault_scope,
     "health_delay": _seconds,
 }
 """Knob name -> parser of one value (raises ValueError/TypeError); shared by the CLI and requests."""

@@ -29,6 +29,9 @@ class SimEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.finished: Counter[str] = Counter()
+        self.continued: Counter[str] = Counter()
+        """Continuation requests by how their prefix matched: ``exact``, ``partial``, ``mismatch``
+        (see :mod:`engines.sim.answer`); not in ``/metrics`` (vLLM has no such metric)."""
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def admit(self) -> None:

@@ -1,5 +1,5 @@
-"""Fault injection: stalls and connection resets in streams, resets of whole answers, and aborting
-work when the client goes away (as vLLM does)."""
+"""Fault injection: stalls, connection resets and clean early closes in streams, resets and cut
+bodies of whole answers, and aborting work when the client goes away (as vLLM does)."""
 
 from __future__ import annotations
 
@@ -20,18 +20,21 @@ T = TypeVar("T")
 
 def has_stream_faults(knobs: Knobs) -> bool:
     """Whether the stream needs :func:`inject` at all (keeps the fast path fast)."""
-    return knobs.stall_after is not None or knobs.reset_after is not None
+    return knobs.stall_after is not None or knobs.reset_after is not None or knobs.close_after is not None
 
 
 async def inject(events: AsyncIterator[bytes], knobs: Knobs) -> AsyncIterator[bytes]:
-    """Pass ``events`` through, stalling or dropping the connection after the configured counts."""
+    """Pass ``events`` through, stalling, dropping the connection or ending the stream early (cleanly,
+    without ``[DONE]``) after the configured counts; at the same count a stall comes first."""
     sent = 0
     try:
         while True:
-            if sent == knobs.reset_after:
-                raise SimulatedReset(f"simulated connection reset after {sent} events")
             if sent == knobs.stall_after:
                 await asyncio.sleep(knobs.stall_s)
+            if sent == knobs.reset_after:
+                raise SimulatedReset(f"simulated connection reset after {sent} events")
+            if sent == knobs.close_after:
+                return
             try:
                 event = await anext(events)
             except StopAsyncIteration:
@@ -60,6 +63,25 @@ class ResetResponse(Response):
         )
         await send({"type": "http.response.body", "body": b'{"id":', "more_body": True})
         raise SimulatedReset("simulated connection reset")
+
+
+class CutResponse(Response):
+    """Starts a 200 answer and ends it cleanly after a few bytes of its JSON body (the close knob on a
+    non-streaming request): no Content-Length, so the chunked body ends as if it were whole."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"id":', "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:

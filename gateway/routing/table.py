@@ -33,6 +33,8 @@ class Version:
     policy: PolicyName = "least_outstanding"
     max_in_flight: int | None = None
     """Requests each replica takes at once (more wait at the gateway); None: no limit."""
+    resume: bool = False
+    """Whether a stream broken mid-answer is continued on another replica of this version."""
 
     @property
     def public_id(self) -> str:
@@ -65,6 +67,11 @@ class Route:
     def replicas(self) -> tuple[Replica, ...]:
         """Every replica of every version."""
         return tuple(r for v in self.versions.values() for r in v.replicas)
+
+
+def _first(*choices: bool | None) -> bool:
+    """The first setting given (the last is the default)."""
+    return next(c for c in choices if c is not None)
 
 
 class RouteTable:
@@ -112,6 +119,7 @@ class RouteTable:
                     fallback=vc.fallback,
                     policy=vc.policy or m.policy,
                     max_in_flight=m.replica_limit(vc),
+                    resume=_first(vc.resume, m.resume, len(replicas) >= 2),
                 )
             routes[m.name] = Route(
                 model=m.name,

@@ -28,6 +28,7 @@ from gateway.services.failover import Failover, resolve
 from gateway.services.leases import Leases
 from gateway.services.parsing import parse_body
 from gateway.services.replies import engine_error, post_answer
+from gateway.services.resume import Resumer
 from gateway.services.shadow import ShadowSender
 from gateway.silence import SilenceWatch, Silent
 from gateway.upstream import KEEPALIVE, EventStream, Upstream
@@ -63,7 +64,9 @@ class ChatService:
         shadows: ShadowSender,
         caps: Caps,
         admission: Admission | None = None,
+        resumer: Resumer | None = None,
     ) -> None:
+        self._resumer = resumer
         self._caps = caps
         self._admission = admission or Admission(AdmissionConfig(), metrics)
         self._router = router
@@ -138,7 +141,7 @@ class ChatService:
         ``keepalive`` seconds meanwhile. A failure before the first keep-alive raises from the
         iteration (the transport can still answer with its status); after one, it arrives in-band.
         """
-        call = _Call(data, request, record)
+        call = _Call(data, request, record, keepalive)
         route, version, key = self._target(call, headers)
         # Ask for usage even when the client did not, for accounting; that chunk is then dropped.
         data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
@@ -172,9 +175,8 @@ class ChatService:
 
         (upstream, replica), used = await self._failover.run(route, version, call.record, attempt, key)
         call.record.public_model = used.public_id
-        labels = (route.model, used.label, replica.id)
         release = self._leases.hold(replica)
-        stream.attach(self._relay(upstream, used.public_id, labels, call, replica), upstream, release)
+        stream.attach(self._relay(stream, upstream, route, used, call, replica), upstream, release)
 
     async def _opening(
         self,
@@ -198,85 +200,120 @@ class ChatService:
             await self._open(stream, route, version, key, call)
 
         opening = asyncio.ensure_future(open_when_admitted())
-        watch = SilenceWatch(keepalive)
         pinged = False
         try:
-            while True:
-                try:
-                    await watch.read(asyncio.shield(opening))
-                    break
-                except Silent:
+            async with contextlib.aclosing(_pings_until(opening, keepalive)) as pings:
+                async for ping in pings:
                     pinged = True
-                    yield KEEPALIVE
+                    yield ping
         except GatewayError as exc:
             if not pinged:
                 raise  # nothing sent yet: the client gets the error's own status
             call.record.error_type = exc.code
             yield in_band(exc)
             return
-        finally:
-            watch.stop()
-            if not opening.done():
-                opening.cancel()
-                with contextlib.suppress(BaseException):
-                    await opening
         relay = stream.relay
         assert relay is not None  # attached by _open
         async for payload in relay:
             yield payload
 
     async def _relay(
-        self, stream: EventStream, public_id: str, labels: tuple[str, str, str], call: _Call, replica: Replica
+        self,
+        stream: ChatStream,
+        upstream: EventStream,
+        route: Route,
+        used: Version,
+        call: _Call,
+        replica: Replica,
     ) -> AsyncGenerator[bytes, None]:
-        """Engine events -> client events (JSON payloads; framing is the transport's job)."""
-        record, include_usage = call.record, call.request.include_usage
+        """Engine events -> client events (JSON payloads; framing is the transport's job). A stream
+        that breaks mid-answer is continued on another replica when it can be
+        (:mod:`gateway.services.resume`)."""
+        record, include_usage, public_id = call.record, call.request.include_usage, used.public_id
+        labels = (route.model, used.label, replica.id)
         itl = self._metrics.itl.labels(*labels)
+        splice = None if self._resumer is None else self._resumer.applies(used, call.data)
+        broken: set[str] = set()
         last = 0.0
         try:
-            async for payload in stream:
-                if not payload:  # engine silent: let the transport send a keep-alive
-                    yield payload
-                    continue
+            while True:
                 try:
-                    event = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    raise EngineError("The engine sent an unreadable event.") from None
-                if not isinstance(event, dict):
-                    continue
-                if "error" in event:
-                    record.error_type = "engine_error"
-                    yield in_band(engine_error(502, payload))
-                    return
-                choices = event.get("choices")
-                if not choices:
-                    usage = event.get("usage")
-                    if usage:
-                        record.prompt_tokens = usage.get("prompt_tokens")
-                        record.completion_tokens = usage.get("completion_tokens")
-                        if not include_usage:
+                    async for payload in upstream:
+                        if not payload:  # engine silent: let the transport send a keep-alive
+                            yield payload
                             continue
-                elif _aborted(choices):
-                    record.error_type = "engine_aborted"
-                    yield in_band(EngineError("The engine aborted the request."))
+                        try:
+                            event = orjson.loads(payload)
+                        except orjson.JSONDecodeError:
+                            raise EngineError("The engine sent an unreadable event.") from None
+                        if not isinstance(event, dict):
+                            continue
+                        if "error" in event:
+                            record.error_type = "engine_error"
+                            yield in_band(engine_error(502, payload))
+                            return
+                        choices = event.get("choices")
+                        spliced = splice is not None and splice.resumes > 0
+                        if not choices:
+                            usage = event.get("usage")
+                            if usage:
+                                if spliced:
+                                    assert splice is not None
+                                    usage = event["usage"] = splice.usage(event, usage)
+                                record.prompt_tokens = usage.get("prompt_tokens")
+                                record.completion_tokens = usage.get("completion_tokens")
+                                if not include_usage:
+                                    continue
+                        elif _aborted(choices):
+                            record.error_type = "engine_aborted"
+                            yield in_band(EngineError("The engine aborted the request."))
+                            return
+                        elif splice is not None:
+                            if spliced:
+                                if not splice.adopt(event, choices):
+                                    continue  # the continuation's own role chunk
+                                if splice.broke_at is not None and self._resumer is not None:
+                                    self._resumer.resumed(route, used, splice)
+                            splice.note(event, choices[0])
+                        now = time.perf_counter()
+                        if record.ttft_s is None:
+                            record.ttft_s = now - record.started
+                            self._metrics.child(self._metrics.ttft, *labels).observe(record.ttft_s)
+                        else:
+                            itl.observe(now - last)
+                        last = now
+                        if spliced or event.get("model") != public_id:
+                            event["model"] = public_id
+                            payload = orjson.dumps(event)
+                        yield payload
+                    self._leases.succeeded(replica)
                     return
-                now = time.perf_counter()
-                if record.ttft_s is None:
-                    record.ttft_s = now - record.started
-                    self._metrics.child(self._metrics.ttft, *labels).observe(record.ttft_s)
-                else:
-                    itl.observe(now - last)
-                last = now
-                if event.get("model") != public_id:
-                    event["model"] = public_id
-                    payload = orjson.dumps(event)
-                yield payload
-            self._leases.succeeded(replica)
+                except EngineError as exc:  # broke mid-answer: continue elsewhere, or end in-band
+                    self._leases.failed(replica)
+                    if splice is None or self._resumer is None:
+                        raise
+                    broken.add(replica.id)
+                    reopening = asyncio.ensure_future(
+                        self._resumer.reopen(route, used, record, call.data, splice, broken)
+                    )
+                    async with contextlib.aclosing(_pings_until(reopening, call.keepalive)) as pings:
+                        async for ping in pings:
+                            yield ping
+                    opened = reopening.result()
+                    if opened is None:
+                        raise exc from None
+                    upstream, replica = opened
+                    stream.swap(upstream, self._leases.hold(replica))
+                    record.replica = replica.id
+                    labels = (route.model, used.label, replica.id)
+                    itl = self._metrics.itl.labels(*labels)
         except GatewayError as exc:
             record.error_type = exc.code
-            self._leases.failed(replica)
+            if not isinstance(exc, EngineError):  # (an engine's break was counted where it was caught)
+                self._leases.failed(replica)
             yield in_band(exc)
         finally:
-            stream.close()
+            upstream.close()
 
 
 @dataclass(slots=True)
@@ -286,6 +323,8 @@ class _Call:
     data: dict[str, Any]
     request: ChatCompletionRequest
     record: RequestRecord
+    keepalive: float = 15.0
+    """Seconds between pings while the stream waits (a slot, an engine loading, a resume)."""
 
 
 def _aborted(choices: Iterable[dict[str, Any]]) -> bool:
@@ -296,6 +335,25 @@ def _aborted(choices: Iterable[dict[str, Any]]) -> bool:
         if choice.get("finish_reason") not in _OK_FINISH:
             return True
     return False
+
+
+async def _pings_until(task: asyncio.Future[Any], keepalive: float) -> AsyncGenerator[bytes, None]:
+    """:data:`~gateway.upstream.KEEPALIVE` every ``keepalive`` seconds until ``task`` is done (the same
+    silence watch as a started stream's); its error is raised; it is cancelled if iteration stops."""
+    watch = SilenceWatch(keepalive)
+    try:
+        while True:
+            try:
+                await watch.read(asyncio.shield(task))
+                return
+            except Silent:
+                yield KEEPALIVE
+    finally:
+        watch.stop()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
 
 def _body(data: dict[str, Any], replica: Replica) -> bytes:
@@ -322,6 +380,15 @@ class ChatStream:
         self._release: Callable[[], None] | None = None
         self._gate: Gate | None = None
         self._tenant = ""
+
+    def swap(self, upstream: EventStream, release: Callable[[], None]) -> None:
+        """A resumed stream's new engine connection and lease, in place of the broken one's."""
+        old, self._upstream = self._upstream, upstream
+        if old is not None:
+            old.close()
+        previous, self._release = self._release, release
+        if previous is not None:
+            previous()
 
     def admitted(self, gate: Gate, tenant: str) -> None:
         """The stream holds a slot of ``gate`` until it is closed."""

@@ -191,11 +191,28 @@ def test_keys_new_prints_the_key_once_and_an_entry_holding_only_its_hash(
 
 
 def test_keys_new_sets_the_keys_limits(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["keys", "new", "batch", "--rpm", "60", "--tpm", "10000", "--max-concurrent", "4"]) == 0
+    assert (
+        main(
+            [
+                "keys",
+                "new",
+                "batch",
+                "--rpm",
+                "60",
+                "--tpm",
+                "10000",
+                "--max-concurrent",
+                "4",
+                "--weight",
+                "3",
+            ]
+        )
+        == 0
+    )
 
     out = capsys.readouterr().out
     entry = yaml.safe_load(out[out.index("- name:") :])[0]
-    assert (entry["rpm"], entry["tpm"], entry["max_concurrent"]) == (60, 10000, 4)
+    assert (entry["rpm"], entry["tpm"], entry["max_concurrent"], entry["weight"]) == (60, 10000, 4, 3.0)
 
 
 def test_keys_new_refuses_a_bad_limit_without_printing_a_key(capsys: pytest.CaptureFixture[str]) -> None:

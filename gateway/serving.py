@@ -1,0 +1,146 @@
+"""The HTTP server around the gateway: uvicorn, with the bounds on request heads it lacks and the
+steps of a graceful shutdown (:mod:`gateway.drain`)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from types import FrameType
+from typing import Any, ClassVar
+
+import structlog
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.drain import Drain
+
+_log = structlog.get_logger("offload.main")
+
+
+class RequestHeadGuard(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the two bounds it lacks on a request head.
+
+    uvicorn (checked in 0.54, httptools and h11 alike) has one timer per connection, the keep-alive
+    one: armed when a response is complete and cancelled by any byte received. A connection that
+    opens and sends nothing, or sends part of a request head and stalls, is held forever; and
+    httptools buffers a head of any size (``h11_max_incomplete_event_size`` is h11's only). So:
+
+    * a connection has ``head_timeout`` seconds to send a complete request head, from when it opens
+      or from the first byte that follows a response; past it the connection is closed;
+    * a request head past ``max_head_bytes`` (counted as it arrives, so at most one read more is
+      buffered) is answered 431 and the connection closed.
+    """
+
+    head_timeout: ClassVar[float] = 10.0  # the defaults of ServerSettings (`--http` names this class)
+    max_head_bytes: ClassVar[int] = 2 * 32 * 1024
+    # FrontDoor's 431 (gateway.api.errors.error_body of HeadersTooLargeError), written here by hand.
+    _TOO_LARGE = (
+        b'{"error":{"message":"The request headers are too large.","type":"invalid_request_error",'
+        b'"param":null,"code":"request_header_fields_too_large"}}'
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_head = True  # until a request head is complete; again from a next request's first byte
+        self._head_bytes = 0
+
+    @classmethod
+    def configured(cls, head_timeout: float, max_head_bytes: int) -> type[RequestHeadGuard]:
+        """A subclass with these limits (uvicorn builds the protocol from its class)."""
+        return type(cls.__name__, (cls,), {"head_timeout": head_timeout, "max_head_bytes": max_head_bytes})
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)  # parses: may complete a head, start a request, answer 400
+        if self.transport.is_closing():
+            return
+        if self._in_head and self._head_bytes > self.max_head_bytes:
+            self._refuse_head()
+        elif self._head_timer is None and self.timeout_keep_alive_task is None and not self._serving():
+            self._arm_head_timer()  # bytes after a response (uvicorn just cancelled its keep-alive timer)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        self._in_head = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def _serving(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._serving() and not self.transport.is_closing():
+            self.transport.close()  # silently, as uvicorn's keep-alive timeout does
+
+    def _refuse_head(self) -> None:
+        self._cancel_head_timer()
+        if not self._serving():  # (a pipelined head while a response is being sent: just close)
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(self._TOO_LARGE), self._TOO_LARGE)
+            )
+        self.transport.close()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, stopped in the steps of :mod:`gateway.drain` on SIGTERM, or on Ctrl-C without
+    the grace period (a second signal stops at once)."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, grace: float, timeout: float) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._grace = grace
+        self._timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._steps: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # (uvicorn would re-raise the signal once stopped, killing the process: we return instead.)
+        if self._drain.draining or self._loop is None:
+            self.should_exit = self.force_exit = True
+            return
+        self._drain.begin()
+        # SIGTERM comes from an orchestrator whose load balancer must see /ready fail first; Ctrl-C
+        # from a person, who has no load balancer to wait for.
+        grace = self._grace if sig == signal.SIGTERM else 0.0
+        self._loop.call_soon_threadsafe(self._start, grace)
+
+    def _start(self, grace: float) -> None:
+        self._steps = asyncio.ensure_future(self._run_steps(grace))
+
+    async def _run_steps(self, grace: float) -> None:
+        _log.info("draining: not ready, still serving", grace_s=grace)
+        await asyncio.sleep(grace)
+        self.should_exit = True  # uvicorn closes the listener and waits for what is in flight
+        await asyncio.sleep(self._timeout)
+        if self._drain.open_streams:
+            _log.warning("drain timed out: ending open streams", streams=self._drain.open_streams)
+        self._drain.expire()
