@@ -4,12 +4,14 @@ vllm-router in front of it, under the same load, on one machine, in one go.
     python -m benchmarks.overhead --quick        # under 5 minutes (peers already installed)
     python -m benchmarks.overhead                # the full run, about 20-25 minutes
 
-Runs are interleaved (round r starts at target r mod 4: A B C D, B C D A, ...) so that machine
+Runs are interleaved (round r starts at target r mod n: A B C D, B C D A, ...) so that machine
 drift and other people's jobs hit every target alike; medians over rounds are reported, and every
 "added" number or ratio is first taken within one round, then the median over rounds. Writes
 ``benchmarks/results/overhead.{json,md,png}`` (``overhead-quick.*`` with ``--quick``) and ends by
-printing one line with the key ratios. Peers are installed on demand into their own virtualenvs
-(see :mod:`benchmarks.peers`). Only loopback addresses are used; every run is bounded.
+printing one line with the key ratios. Target ``offload-keyed`` is Offload with an API key and its
+rpm, tpm and concurrency limits on, so that the report sets its CPU per request beside keyless Offload's.
+Peers are installed on demand into their own virtualenvs (see :mod:`benchmarks.peers`). Only loopback
+addresses are used; every run is bounded.
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="2 rounds of 2.5 s runs and a short ramp (< 5 min)")
     p.add_argument(
         "--targets",
-        default="sim,offload,litellm,vllm-router",
-        help="comma-separated, from sim, offload, offload-log (access log on), litellm, vllm-router",
+        default="sim,offload,offload-keyed,litellm,vllm-router",
+        help=(
+            "comma-separated, from sim, offload, offload-log (access log on), offload-keyed (an API key "
+            "with rpm, tpm and concurrency limits on), litellm, vllm-router"
+        ),
     )
     p.add_argument(
         "--baseline",

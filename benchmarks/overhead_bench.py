@@ -10,16 +10,24 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+import yaml
+
 from benchmarks import peers
 from benchmarks.load import Dist, LoadConfig, run_load
+from benchmarks.overhead_report import KEYED
 from benchmarks.procstat import cpu_seconds, peak_rss_mb
 
 TOKENS = 32  # per answer; streams: 32 one-token chunks 10 ms apart
 STREAM_ITL = 0.01
+# The keyed target's limits: on (the limiter runs for every request) and far above what a run sends.
+KEY_LIMITS = {"rpm": 10_000_000, "tpm": 1_000_000_000, "max_concurrent": 100_000}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +131,47 @@ def _offload_version() -> str:
         return base
 
 
+def _keyed_offload(workdir: Path, engines: dict[str, str]) -> tuple[Target, list[peers.Server]]:
+    """The ``offload`` target with one API key in its configuration file and the key's rpm, tpm and
+    concurrency limits on (never reached); the load sends ``Authorization: Bearer KEY``."""
+    from gateway.keys import hash_key
+
+    home = workdir / KEYED  # its own folder: peers.offload_server names its file offload.yaml
+    home.mkdir(exist_ok=True)
+    server = peers.offload_server(home, engines, name=KEYED)
+    key = "sk-bench-" + secrets.token_hex(24)  # lives for one run
+    config = Path(server.env["OFFLOAD_CONFIG"])
+    data = yaml.safe_load(config.read_text())
+    data["auth"] = {"keys": [{"name": "bench", "hash": hash_key(key), **KEY_LIMITS}]}
+    config.write_text(yaml.safe_dump(data))
+    urls = dict.fromkeys(engines, server.base_url)
+    headers = {"Authorization": f"Bearer {key}"}
+    return Target(KEYED, urls, [server], f"{_offload_version()} + key and limits", headers), [server]
+
+
+def _keyed_problem(target: Target) -> str | None:
+    """Why the keyed target would not measure keys and limits (None: it does): a request without the
+    key must be refused, one with it answered with the key's x-ratelimit headers."""
+    url = target.urls["fast"].rstrip("/") + "/v1/chat/completions"
+    body = orjson.dumps({"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    statuses = []
+    for headers in ({}, target.headers):
+        request = urllib.request.Request(url, body, {"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                statuses.append((response.status, response.headers.get("x-ratelimit-limit-requests")))
+        except urllib.error.HTTPError as exc:
+            statuses.append((exc.code, None))
+        except OSError as exc:
+            return f"keys check failed: {exc}"
+    (without, _), (status, limit) = statuses
+    if without != 401:
+        return f"keys are not on: a request without the key got {without}"
+    if status != 200 or limit != str(KEY_LIMITS["rpm"]):
+        return f"the key's limits are not on: status {status}, x-ratelimit-limit-requests {limit}"
+    return None
+
+
 class Bench:
     """Starts the servers, runs the interleaved scenarios and the ramp, keeps every run's numbers."""
 
@@ -180,6 +229,10 @@ class Bench:
             target.ready_s = max((took.get(s.name, 0.0) for s in servers), default=0.0)
             self.targets.append(target)
         for target, _ in made:
+            if target.failed is None and target.name == KEYED:
+                target.failed = _keyed_problem(target)
+                if target.failed:
+                    say(f"{target.name}: {target.failed}")
             if target.failed is None:
                 say(f"{target.name} ready in {target.ready_s:.1f} s ({target.version})")
 
@@ -190,6 +243,8 @@ class Bench:
             server = peers.offload_server(self.workdir, engines, access_log=name == "offload-log")
             urls = dict.fromkeys(engines, server.base_url)
             return Target(name, urls, [server], _offload_version()), [server]
+        if name == KEYED:
+            return _keyed_offload(self.workdir, engines)
         if name == "offload-base" and self.baseline is not None:
             server = peers.offload_server(self.workdir, engines, root=self.baseline, name=name)
             return Target(

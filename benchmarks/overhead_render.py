@@ -7,13 +7,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks.overhead_report import FLOOR, OFFLOAD
+from benchmarks.overhead_report import FLOOR, KEYED, OFFLOAD
 
 COLORS = {
     "sim": "tab:gray",
     "offload": "tab:blue",
     "offload-log": "tab:cyan",
     "offload-base": "tab:purple",
+    KEYED: "tab:brown",
     "litellm": "tab:orange",
     "vllm-router": "tab:green",
 }
@@ -30,6 +31,82 @@ def _times(ratio: float | None) -> str:
     if not ratio:
         return "-"
     return f"{1 / ratio:.1f}x less" if ratio < 1 else f"{ratio:.2f}x"
+
+
+def _growth(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{(ratio - 1) * 100:+.1f}%"
+
+
+def keyed_markdown(summary: dict[str, Any]) -> list[str]:
+    """The keys-and-limits section: keyless and keyed CPU side by side, and their ratio ([] without it)."""
+    keyed = summary.get("keyed") or {}
+    if not keyed:
+        return []
+    labels = summary["scenario_labels"]
+    lines = [
+        f"## Key and limits on ({KEYED}) vs off ({OFFLOAD})",
+        "",
+        (
+            f"The same gateway in the same run: {KEYED} has one API key in its configuration file with its rpm, "
+            "tpm and max_concurrent limits on (set far above the load, so none refuses) and every request "
+            "carries the key; offload has none. Gateway CPU per request (streaming: per stream), medians over "
+            "rounds; keyed / keyless is paired within each round, then the median."
+        ),
+        "",
+        (
+            "| scenario | keyless CPU ms | keyed CPU ms | keyed / keyless | CPU growth | keyless added p50 | "
+            "keyed added p50 | keyed errors |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, r in keyed.items():
+        lines.append(
+            f"| {labels[key]} | {_f(r['keyless_cpu_ms_per_req'], 3)} | {_f(r['keyed_cpu_ms_per_req'], 3)} | "
+            f"{_f(r['ratio'], 3)} | {_growth(r['ratio'])} | {_f(r['keyless_added_latency_p50_ms'], 2, True)} | "
+            f"{_f(r['keyed_added_latency_p50_ms'], 2, True)} | {r['keyed_errors']} |"
+        )
+    lines += ["", _overall(summary) + ".", ""]
+    return lines
+
+
+def _overall(summary: dict[str, Any]) -> str:
+    overall = summary.get("keyed_overall") or {}
+    request, stream = overall.get("per_request"), overall.get("per_stream")
+    return (
+        f"Keyed / keyless over every round and client count: {_f(request, 3)}x per request "
+        f"({_growth(request)}), {_f(stream, 3)}x per stream ({_growth(stream)})"
+    )
+
+
+def keyed_sentence(summary: dict[str, Any]) -> str | None:
+    """Keyless vs keyed CPU in one sentence (None when the run did not measure the keyed target)."""
+    keyed = summary.get("keyed") or {}
+    if not keyed:
+        return None
+
+    def pair(key: str, where: str) -> str | None:
+        r = keyed.get(key)
+        if r is None:
+            return None
+        return (
+            f"{_f(r['keyless_cpu_ms_per_req'], 3)} vs {_f(r['keyed_cpu_ms_per_req'], 3)} ms at {where} "
+            f"({_f(r['ratio'], 3)}x, {_growth(r['ratio'])})"
+        )
+
+    per_request = [p for k, w in (("ns1", "1 client"), ("ns10", "10"), ("ns64", "64")) if (p := pair(k, w))]
+    per_stream = [p for k, w in (("s10", "10 streams"), ("s64", "64")) if (p := pair(k, w))]
+    parts = []
+    if per_request:
+        parts.append("CPU per request " + ", ".join(per_request))
+    if per_stream:
+        parts.append("CPU per stream " + ", ".join(per_stream))
+    return (
+        f"Key and limits off ({OFFLOAD}) vs on ({KEYED}), same run: "
+        + "; ".join(parts)
+        + " (medians over rounds; the ratio keyed / keyless paired within each round, then the median). "
+        + _overall(summary)
+        + "."
+    )
 
 
 def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -133,6 +210,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                 f"{_f(r['added_ttft_p50_ms'], 3)} | {_f(r['added_itl_p99_ms'], 3)} |"
             )
         lines.append("")
+    lines += keyed_markdown(summary)
     lines += ["## Offload's goals", "", "| goal | measured | met |", "| --- | --- | --- |"]
     for goal in summary["goals"]:
         lines.append(f"| {goal['goal']} | {_f(goal['value'], 3)} | {'yes' if goal['ok'] else '**no**'} |")
@@ -161,6 +239,17 @@ def headline(summary: dict[str, Any]) -> str:
             f"vs {peer}: {_times(r.get('cpu_per_req'))} CPU/req, "
             f"{_times(r.get('added_latency_p50_ms'))} added p50, "
             f"{_times(per.get('s64', {}).get('cpu_per_req'))} CPU/stream"
+        )
+    keyed = summary.get("keyed") or {}
+    if keyed:
+        one, streams = keyed.get("ns1", {}), keyed.get("s64", {})
+        overall = summary.get("keyed_overall") or {}
+        parts.append(
+            f"key+limits off vs on: {_f(one.get('keyless_cpu_ms_per_req'), 3)} vs "
+            f"{_f(one.get('keyed_cpu_ms_per_req'), 3)}ms CPU/req @1 client ({_f(one.get('ratio'), 3)}x), "
+            f"{_f(streams.get('keyless_cpu_ms_per_req'), 2)} vs {_f(streams.get('keyed_cpu_ms_per_req'), 2)}ms "
+            f"CPU/stream @64 ({_f(streams.get('ratio'), 3)}x), all rounds {_f(overall.get('per_request'), 3)}x "
+            f"CPU/req and {_f(overall.get('per_stream'), 3)}x CPU/stream"
         )
     met = sum(g["ok"] for g in summary["goals"])
     parts.append(f"goals met {met}/{len(summary['goals'])}")
@@ -307,6 +396,9 @@ def readme_summary(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             f"client, {_times(per.get('ns64', {}).get('cpu_per_req'))} at 64; CPU per stream "
             f"{_times(per.get('s64', {}).get('cpu_per_req'))} at 64 streams."
         )
+    sentence = keyed_sentence(summary)
+    if sentence:
+        lines.append(f"\n{sentence}")
     lines += ["", "| Offload's goal | measured | met |", "| --- | --- | --- |"]
     lines += [
         f"| {g['goal']} | {_f(g['value'], 3)} | {'yes' if g['ok'] else '**no**'} |" for g in summary["goals"]

@@ -11,6 +11,12 @@ from typing import Any
 
 FLOOR = "sim"
 OFFLOAD = "offload"
+KEYED = "offload-keyed"
+"""Offload with an API key and the key's rpm, tpm and concurrency limits on: compared with ``offload``."""
+KEYED_LIMIT = 1.05
+"""Keys and limits on may cost at most 5% more gateway CPU per request than off."""
+# Neither the floor nor a configuration of Offload is a peer to take Offload/peer ratios against.
+NOT_PEERS = (FLOOR, OFFLOAD, "offload-log", KEYED)
 METRICS = (
     "latency_p50_ms",
     "latency_p99_ms",
@@ -74,6 +80,13 @@ def summarize(
             table[target] = row
         out["scenarios"][key] = table
     out["ratios"] = _ratios(by, out["scenarios"], targets, [k for k, _ in scenarios])
+    out["keyed"] = _keyed(by, out["scenarios"], targets, [k for k, _ in scenarios])
+    out["keyed_overall"] = {
+        kind: median(
+            x for r in out["keyed"].values() if r["stream"] == (kind == "per_stream") for x in r["ratios"]
+        )
+        for kind in ("per_request", "per_stream")
+    }
     out["ramp"] = _ramp(ramp_runs, targets)
     out["peak_rss_mb"] = rss
     out["goals"] = _goals(out)
@@ -86,7 +99,7 @@ def _ratios(
     """Offload / peer: CPU per request paired within each round (then the median); added latencies
     from the medians (their per-round differences are too small to divide)."""
     ratios: dict[str, Any] = {}
-    for peer in (t for t in targets if t not in (FLOOR, OFFLOAD, "offload-log")):
+    for peer in (t for t in targets if t not in NOT_PEERS):
         per: dict[str, Any] = {}
         for key in keys:
             rounds = sorted({n for (k, n, _) in by if k == key})
@@ -111,6 +124,40 @@ def _ratios(
             per[key] = entry
         ratios[peer] = per
     return ratios
+
+
+def _keyed(
+    by: dict[tuple[str, int, str], dict[str, Any]], table: dict[str, Any], targets: list[str], keys: list[str]
+) -> dict[str, Any]:
+    """Keys and limits on (``offload-keyed``) vs off (``offload``), per scenario: each one's median
+    gateway CPU per request (per stream), and keyed/keyless paired within each round, then the median
+    (``keyed_overall``: the median of those per-round ratios over every scenario without / with streams)."""
+    if KEYED not in targets or OFFLOAD not in targets:
+        return {}
+    out: dict[str, Any] = {}
+    for key in keys:
+        keyless, keyed = table[key].get(OFFLOAD, {}), table[key].get(KEYED, {})
+        if not keyless or not keyed:
+            continue
+        rounds = sorted({n for (k, n, _) in by if k == key})
+        pairs = [
+            (by[(key, n, KEYED)]["cpu_ms_per_req"], by[(key, n, OFFLOAD)]["cpu_ms_per_req"])
+            for n in rounds
+            if (key, n, OFFLOAD) in by and (key, n, KEYED) in by
+        ]
+        ratios = [a / b for a, b in pairs if a and b]
+        out[key] = {
+            "stream": any(by[(key, n, OFFLOAD)].get("stream") for n in rounds if (key, n, OFFLOAD) in by),
+            "keyless_cpu_ms_per_req": keyless.get("cpu_ms_per_req"),
+            "keyed_cpu_ms_per_req": keyed.get("cpu_ms_per_req"),
+            "ratio": median(ratios),
+            "ratios": ratios,
+            "keyless_added_latency_p50_ms": keyless.get("added_latency_p50_ms"),
+            "keyed_added_latency_p50_ms": keyed.get("added_latency_p50_ms"),
+            "keyed_errors": keyed.get("errors"),
+            "rounds": len(pairs),
+        }
+    return out
 
 
 def _ramp(ramp_runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
@@ -169,4 +216,13 @@ def _goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "ok": router is not None and router <= 3,
         }
     )
+    if any(not r["stream"] for r in summary["keyed"].values()):  # only when the run measured offload-keyed
+        ratio = summary["keyed_overall"]["per_request"]
+        goals.append(
+            {
+                "goal": f"key + limits on: CPU/request <= {KEYED_LIMIT:.2f}x off (all client counts)",
+                "value": ratio,
+                "ok": ratio is not None and ratio <= KEYED_LIMIT,
+            }
+        )
     return goals
