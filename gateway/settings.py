@@ -70,6 +70,9 @@ class UpstreamSettings(BaseModel):
     stream_idle_timeout: float = Field(default=300.0, gt=0)
     # SSE comment sent to the client while the engine is silent, so proxies keep the stream open.
     keepalive_interval: float = Field(default=15.0, gt=0)
+    # The longest event an engine may send in a stream (an event is held whole until its end comes);
+    # past it the stream fails as broken. vLLM's are small, but its first may carry prompt_logprobs.
+    max_event_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
     max_connections: int = Field(default=1000, ge=1)
     # Other replicas tried when one fails before anything reached the client.
     max_retries: int = Field(default=2, ge=0)

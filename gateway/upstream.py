@@ -25,6 +25,8 @@ _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json
 _DONE = b"[DONE]"
 _DRAIN_TIMEOUT = 1.0
 _MAX_URLS = 1024
+MAX_EVENT_BYTES = 32 * 1024 * 1024
+"""The longest SSE event an engine may send (``OFFLOAD_UPSTREAM__MAX_EVENT_BYTES``)."""
 KEEPALIVE = b""
 """Yielded by :class:`EventStream` while the engine is silent: time for an SSE keep-alive comment."""
 
@@ -49,21 +51,34 @@ class EventStream:
     """The ``data:`` payloads of an engine's SSE response, ending at ``[DONE]``.
 
     Iterating raises :class:`EngineError` when the stream breaks, goes silent for longer than the
-    idle timeout, or ends without ``[DONE]`` (the engine died mid-answer).
+    idle timeout, ends without ``[DONE]`` (the engine died mid-answer), or sends an event longer
+    than ``max_event`` bytes (it would otherwise be held in memory whole, however long).
+
+    An event that spans many reads is looked for its end in each new read only, and joined once
+    when that end comes: its cost grows with its length, not with its length squared (re-scanning
+    the whole of it on every read held the event loop, and so every other stream, for seconds).
     """
 
     def __init__(
-        self, response: aiohttp.ClientResponse, idle_timeout: float, keepalive: float | None = None
+        self,
+        response: aiohttp.ClientResponse,
+        idle_timeout: float,
+        keepalive: float | None = None,
+        max_event: int = MAX_EVENT_BYTES,
     ) -> None:
         self._response = response
         self._idle_timeout = idle_timeout
+        self._max_event = max_event
         # Every `keepalive` seconds of engine silence the stream yields KEEPALIVE (b""), so the
         # transport can send an SSE comment: one timer per stream does it, nothing per event.
         self._wait = min(keepalive, idle_timeout) if keepalive else idle_timeout
         self.finished = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        buffer = b""
+        buffer = b""  # the start of an event (line ends normalised) when a read ended inside one
+        pending: list[bytes] = []  # the reads since, none of which held the event's end
+        held = 0  # bytes of buffer and pending
+        tail = b""  # their last bytes
         content = self._response.content
         silent = 0.0
         watch = SilenceWatch(self._wait)
@@ -80,7 +95,10 @@ class EventStream:
                 silent = 0.0
                 if not chunk:
                     break
-                one_line = chunk.endswith(b"\n\n") and chunk.count(b"\n") == 2
+                # (not b"\r\n\n": a CRLF line end, which the general path below takes off the payload)
+                one_line = (
+                    chunk.endswith(b"\n\n") and chunk.count(b"\n") == 2 and not chunk.endswith(b"\r\n\n")
+                )
                 if one_line and not buffer and chunk.startswith(b"data: "):
                     # The usual read: exactly one event of one line (vLLM writes one per token).
                     payload = chunk[6:-2].lstrip(b" ")
@@ -90,10 +108,24 @@ class EventStream:
                     if payload:
                         yield payload
                     continue
-                buffer += chunk
-                if b"\r" in buffer:
-                    buffer = buffer.replace(b"\r\n", b"\n")
+                if buffer:
+                    # Inside an event: does it end in this read? (the last bytes before it count:
+                    # a blank line may be split between reads)
+                    seam = tail + chunk
+                    if b"\n\n" not in (seam.replace(b"\r\n", b"\n") if b"\r" in seam else seam):
+                        pending.append(chunk)
+                        tail = seam[-3:]
+                        held += len(chunk)
+                        if held > self._max_event:
+                            raise EngineError(f"the engine sent an event longer than {self._max_event} bytes")
+                        continue
+                    chunk = b"".join((buffer, *pending, chunk))
+                    pending.clear()
+                buffer = chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
                 *events, buffer = buffer.split(b"\n\n")
+                held, tail = len(buffer), buffer[-3:]
+                if held > self._max_event:
+                    raise EngineError(f"the engine sent an event longer than {self._max_event} bytes")
                 for event in events:
                     for line in event.split(b"\n"):
                         if not line.startswith(b"data:"):
@@ -216,7 +248,10 @@ class Upstream:
             raise EngineConnectError("the engine is unreachable") from None
         except aiohttp.ClientError:
             raise EngineError("the engine connection failed") from None
-        return EventStream(response, self._settings.stream_idle_timeout, self._settings.keepalive_interval)
+        settings = self._settings
+        return EventStream(
+            response, settings.stream_idle_timeout, settings.keepalive_interval, settings.max_event_bytes
+        )
 
     async def get_text(self, base_url: str, path: str, timeout: float) -> str | None:
         """``GET`` a small text page (engine metrics); None on any failure."""

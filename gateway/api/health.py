@@ -1,4 +1,5 @@
-"""Operational endpoints: ``/health`` (alive), ``/ready`` (routable), ``/metrics`` (Prometheus)."""
+"""Operational endpoints: ``/health`` (alive), ``/ready`` (routable), ``/metrics`` (Prometheus),
+``/schema`` (the OpenAPI description of the OpenAI endpoints)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from litestar import Controller, Response, get
 from litestar.params import Parameter
 
 from gateway import metrics as metrics_module
+from gateway.api import schema
 from gateway.drain import Drain
 from gateway.metrics import Metrics
 from gateway.protocol import paths
@@ -59,3 +61,8 @@ class OpsController(Controller):
     async def metrics(self, metrics: Metrics) -> Response[bytes]:
         """Prometheus text exposition."""
         return Response(metrics.render(), media_type=metrics_module.CONTENT_TYPE)
+
+    @get(paths.SCHEMA)
+    async def schema(self) -> Response[bytes]:
+        """The OpenAPI 3.1 document of ``/v1/`` (:mod:`gateway.api.schema`); open, like ``/health``."""
+        return Response(schema.document_bytes(), media_type="application/json")

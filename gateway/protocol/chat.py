@@ -41,7 +41,9 @@ class ChatCompletionRequest(BaseModel):
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)
+    """Strict, as OpenAI's: ``"true"`` or ``1`` is a 400, never read one way here and another way by
+    the engine that gets the body relayed (a stream expected, a JSON answer sent, or the reverse)."""
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)

@@ -11,6 +11,11 @@ from gateway.errors import InvalidRequestError
 
 M = TypeVar("M", bound=BaseModel)
 
+_MAX_DEPTH = 254
+"""The deepest nesting of arrays and objects orjson writes back (it reads up to 1024): a body parsed
+here is relayed, so one nested deeper would fail only when it is serialised for the engine."""
+_TOO_DEEP = f"The JSON body of your request nests arrays and objects more than {_MAX_DEPTH} levels deep."
+
 
 def parse_body(body: bytes, model: type[M]) -> tuple[dict[str, Any], M]:
     """Parse JSON ``body`` and validate it against ``model``.
@@ -27,6 +32,13 @@ def parse_body(body: bytes, model: type[M]) -> tuple[dict[str, Any], M]:
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    # Nesting deeper than _MAX_DEPTH needs more brackets than that (a count at memory speed); only
+    # then is the body serialised once more to find out.
+    if body.count(b"[") + body.count(b"{") > _MAX_DEPTH:
+        try:
+            orjson.dumps(data)
+        except orjson.JSONEncodeError:
+            raise InvalidRequestError(_TOO_DEEP, code="invalid_json") from None
     try:
         return data, model.model_validate(data)
     except ValidationError as exc:
