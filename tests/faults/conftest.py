@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 REPORT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "reliability" / "faults.json"
-GROUPS = ("client_leaves", "engine_fails", "dns", "memory")
+GROUPS = ("client_leaves", "engine_fails", "dns", "memory", "reload")
 
 
 @dataclass
