@@ -52,7 +52,7 @@ test: lint $(REDIS_SERVER)
 
 ## The suite without real vLLM engines (under 2 minutes).
 test-fast: $(STAMP) $(REDIS_SERVER)
-	$(PY) -m pytest -q -ra -m "not engines"
+	$(PY) -m pytest -q -ra -m "not engines and not soak"
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -ra tests/unit
@@ -62,6 +62,12 @@ test-unit: $(STAMP)
 fuzz: $(STAMP)
 	OFFLOAD_FUZZ_EXAMPLES=1000 OFFLOAD_PROPERTY_EXAMPLES=2000 \
 	OFFLOAD_FUZZ_REPORT=benchmarks/results/reliability/fuzz.json $(PY) -m pytest -q -ra tests/fuzz
+	$(PY) -m benchmarks.reliability
+
+## 1,000 streams held 10 minutes (clients leaving at random), then non-streaming requests: memory,
+## descriptors, engine requests closed; writes benchmarks/results/reliability/soak.json and docs/RELIABILITY.md.
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak
 	$(PY) -m benchmarks.reliability
 
 ## Side-by-side gateway overhead vs LiteLLM and vllm-router (peers installed on demand, ~25 min).

@@ -90,11 +90,22 @@ def _soak(data: dict[str, Any] | None, title: str, how: str) -> list[str]:
         f"| RSS slope after warm-up | {data.get('rss_slope_mb_per_min', '?')} MB/min |",
         f"| open descriptors baseline / peak / after | {fds.get('baseline', '?')} / {fds.get('peak', '?')}"
         f" / {fds.get('after', '?')} |",
+        *_fd_kinds(fds),
         f"| requests in flight after | {data.get('in_flight_after', '?')} |",
         f"| engine requests still running after | {data.get('engine_running_after', '?')} |",
         "",
     ]
     return lines
+
+
+def _fd_kinds(fds: dict[str, Any]) -> list[str]:
+    """The descriptors by kind, when the soak sorted them: idle pooled connections to the engines are
+    kept by the gateway's connection pool (and its health probes), not leaked."""
+    before, after = fds.get("baseline_by_kind"), fds.get("after_by_kind")
+    if not (before and after):
+        return []
+    kinds = ", ".join(f"{k} {before.get(k, 0)} -> {v}" for k, v in after.items() if k != "total")
+    return [f"| descriptors by kind, baseline -> after | {kinds} (pooled idle engine connections are kept) |"]
 
 
 def render(source: Path = SOURCE) -> str:
