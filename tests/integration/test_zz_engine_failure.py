@@ -39,7 +39,14 @@ def test_killed_engine_gives_in_band_error_then_503_then_recovers(
     assert received >= 5
     assert "engine" in str(err.value).lower()
 
-    # While it is down: 503 with Retry-After; the gateway stays up and in service for its other model.
+    # Once the gateway has seen it down (its probe is refused; a request sent before that may meet a
+    # half-dead socket and get 502, which the SDK retries too): 503 with Retry-After, and the gateway
+    # stays up and in service for its other model.
+    wait_until(
+        lambda: httpx.get(gateway.base_url + "/ready").json()["models"][CHAT] is False,
+        10,
+        what="the gateway marks the killed engine down",
+    )
     with pytest.raises(openai.InternalServerError) as down:
         client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "hi"}])
     assert down.value.status_code == 503
