@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # What a browser sends in its Origin header: scheme, host, optional port; nothing after.
@@ -47,6 +47,16 @@ class ServerSettings(BaseModel):
     # origin. Empty: no CORS at all. Credentials (cookies) are never allowed: keys travel in the
     # Authorization header, which needs no credentials mode.
     cors_origins: tuple[str, ...] = ()
+    # A Unix socket serving the same API (file mode 0660, so a container sharing it through a volume
+    # and the socket's group can use it), beside host:port, or alone with `tcp` false. A stale socket
+    # file left by a killed run is replaced at start; a path that is not a socket is refused. Local
+    # only: it does not count as reachable from other machines for the keyless check.
+    uds: Path | None = None
+    # Serve HTTP on host:port. False only together with `uds` (the socket alone).
+    tcp: bool = True
+    # The gRPC door (gateway/rpc, off by default): the same services on this port, bound on `host`
+    # like HTTP (so the keyless-exposure rule applies to it the same way).
+    grpc_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("cors_origins")
     @classmethod
@@ -58,6 +68,14 @@ class ServerSettings(BaseModel):
                     '(e.g. "https://app.example"), or "*"'
                 )
         return tuple(origin.lower() for origin in origins)  # browsers send them in lower case
+
+    @model_validator(mode="after")
+    def _listens(self) -> ServerSettings:
+        if not self.tcp and self.uds is None:
+            raise ValueError("tcp=false needs uds: the gateway would listen nowhere")
+        if self.grpc_port is not None and self.tcp and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port {self.grpc_port} is the HTTP port too: choose another")
+        return self
 
 
 class UpstreamSettings(BaseModel):
@@ -73,6 +91,10 @@ class UpstreamSettings(BaseModel):
     # The longest event an engine may send in a stream (an event is held whole until its end comes);
     # past it the stream fails as broken. vLLM's are small, but its first may carry prompt_logprobs.
     max_event_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
+    # The largest whole answer read from an engine (non-streaming chat, embeddings): past it the call
+    # fails as broken instead of growing the gateway's memory without bound. Roomy on purpose: 2,048
+    # embeddings of 4,096 floats written as JSON come to about 170 MB.
+    max_answer_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
     max_connections: int = Field(default=1000, ge=1)
     # Other replicas tried when one fails before anything reached the client.
     max_retries: int = Field(default=2, ge=0)

@@ -168,6 +168,22 @@ class EventStream:
         self._response.release()
 
 
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or :class:`EngineError` as soon as it is known to pass ``limit`` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        raise EngineError("the engine's answer is too large")
+    if response.content_length is not None:
+        return await response.read()  # the length is known and within bounds: one read
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise EngineError("the engine's answer is too large")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 class Upstream:
     """Pooled HTTP client to engines. Create inside the app's lifespan; :meth:`close` on shutdown."""
 
@@ -217,7 +233,7 @@ class Upstream:
                     self._url(base_url, path), data=body, headers=_JSON_HEADERS
                 ) as response:
                     try:
-                        data = await response.read()
+                        data = await _read_bounded(response, self._settings.max_answer_bytes)
                     except BaseException:
                         response.close()
                         raise
@@ -239,7 +255,9 @@ class Upstream:
                 )
                 if response.status != 200:
                     try:
-                        return UpstreamReply(response.status, await response.read())
+                        return UpstreamReply(
+                            response.status, await _read_bounded(response, self._settings.max_answer_bytes)
+                        )
                     finally:
                         response.release()
         except TimeoutError:

@@ -188,6 +188,15 @@ async def engine(engine_log: EngineLog) -> AsyncIterator[str]:
             )
         if body.get("slow"):
             await asyncio.sleep(2)
+        if "huge" in body:  # an answer of 100 KB, with its length announced or chunked
+            if body["huge"] == "sized":
+                return web.json_response({"pad": "x" * 100_000})
+            huge = web.StreamResponse(headers={"Content-Type": "application/json"})
+            huge.enable_chunked_encoding()
+            await huge.prepare(request)
+            for _ in range(100):
+                await huge.write(b"x" * 1000)
+            return huge
         if not body.get("stream"):
             return web.json_response({"echo": body})
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -236,6 +245,21 @@ async def test_post_json_relays_an_error_status(engine: str, upstream: Upstream)
     reply = await upstream.post_json(engine, "/v1/chat/completions", b'{"fail": true}')
 
     assert reply.status == 400
+
+
+@pytest.mark.parametrize("framing", ["sized", "chunked"])
+async def test_an_answer_past_max_answer_bytes_is_an_engine_error(engine: str, framing: str) -> None:
+    bounded = Upstream(UpstreamSettings(request_timeout=5, max_answer_bytes=64 * 1024))
+    fits = Upstream(UpstreamSettings(request_timeout=5, max_answer_bytes=128 * 1024))
+    body = b'{"huge": "%s"}' % framing.encode()
+    try:
+        with pytest.raises(EngineError, match="too large"):
+            await bounded.post_json(engine, "/v1/chat/completions", body)
+        reply = await fits.post_json(engine, "/v1/chat/completions", body)
+        assert reply.status == 200 and len(reply.body) >= 100_000
+    finally:
+        await bounded.close()
+        await fits.close()
 
 
 async def test_post_json_past_the_request_timeout_is_an_engine_timeout(
