@@ -30,7 +30,7 @@ from engines.sim.chunks import DONE, ChunkEncoder
 from engines.sim.config import Knobs, SimConfig
 from engines.sim.engine import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, SimEngine
 from engines.sim.errors import SimError, error_response
-from engines.sim.faults import CutResponse, ResetResponse, has_stream_faults, inject, unless_disconnected
+from engines.sim.faults import BrokenAnswer, has_stream_faults, inject, unless_disconnected
 from engines.sim.intake import positive_int, take_in
 
 _SSE_HEADERS = {"Cache-Control": "no-cache"}
@@ -259,9 +259,9 @@ class ChatHandler:
             if delay > 0:
                 await asyncio.sleep(delay)
             if knobs.reset_after is not None:
-                return ResetResponse()
+                return BrokenAnswer(reset=True)
             if knobs.close_after is not None:
-                return CutResponse()
+                return BrokenAnswer(reset=False)
             generated = plan.completion_tokens * plan.choices
             finish = plan.finish_reason
             return orjson.dumps(_completion(plan))

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from engines.sim.config import SimConfig
 from engines.sim.engine import FINISH_ABORT, FINISH_STOP, SimEngine
 from engines.sim.errors import SimError, error_response
-from engines.sim.faults import ResetResponse, unless_disconnected
+from engines.sim.faults import BrokenAnswer, unless_disconnected
 from engines.sim.intake import positive_int, take_in
 
 _SCALE = 1.0 / 4294967296.0
@@ -105,7 +105,7 @@ class EmbeddingsHandler:
             if delay > 0:
                 await asyncio.sleep(delay)
             if reset:
-                return ResetResponse()
+                return BrokenAnswer(reset=True)
             full = self._config.embedding_dims
             data = []
             for index, (key, _) in enumerate(keys):

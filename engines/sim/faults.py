@@ -47,11 +47,14 @@ async def inject(events: AsyncIterator[bytes], knobs: Knobs) -> AsyncIterator[by
             await aclose()
 
 
-class ResetResponse(Response):
-    """Starts a 200 answer, then drops the connection (the reset knob on a non-streaming request)."""
+class BrokenAnswer(Response):
+    """Starts a 200 answer and breaks it after a few bytes of its JSON body: drops the connection
+    (``reset``: the reset knob on a non-streaming request) or ends the body cleanly (the close knob:
+    no Content-Length, so the chunked body ends as if it were whole)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reset: bool) -> None:
         super().__init__(status_code=200)
+        self._reset = reset
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -62,25 +65,8 @@ class ResetResponse(Response):
             }
         )
         await send({"type": "http.response.body", "body": b'{"id":', "more_body": True})
-        raise SimulatedReset("simulated connection reset")
-
-
-class CutResponse(Response):
-    """Starts a 200 answer and ends it cleanly after a few bytes of its JSON body (the close knob on a
-    non-streaming request): no Content-Length, so the chunked body ends as if it were whole."""
-
-    def __init__(self) -> None:
-        super().__init__(status_code=200)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": b'{"id":', "more_body": True})
+        if self._reset:
+            raise SimulatedReset("simulated connection reset")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

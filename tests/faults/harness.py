@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 
 from engines.sim import SimConfig, create_sim_app
 from engines.sim.engine import SimEngine
-from tests.integration.servers import GatewayProcess, wait_until
+from tests.integration.servers import GatewayProcess, serve_in_thread, wait_until
 
 try:  # psutil is in the test extras; /proc/net/tcp is the fallback
     import psutil
@@ -87,36 +87,21 @@ class Sim:
 @contextmanager
 def serve_sim(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> Iterator[Sim]:
     """``create_sim_app(config)`` under uvicorn in a thread, on ``host:port`` (0: a free port)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    port = sock.getsockname()[1]
     app = create_sim_app(config)
     engine: SimEngine = app.state.sim.engine
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="error", access_log=False, timeout_graceful_shutdown=1)
     )
-    sim = Sim(f"http://{host}:{port}", port, app, server)
-    release = engine.release
+    with serve_in_thread(server, host, port) as bound:
+        sim = Sim(f"http://{host}:{bound}", bound, app, server)
+        release = engine.release
 
-    def timed_release(kv_tokens: int, generated: int, finish: str) -> None:
-        release(kv_tokens, generated, finish)
-        sim.ended.append(time.monotonic())
+        def timed_release(kv_tokens: int, generated: int, finish: str) -> None:
+            release(kv_tokens, generated, finish)
+            sim.ended.append(time.monotonic())
 
-    engine.release = timed_release  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the simulator did not start")
-        time.sleep(0.01)
-    try:
+        engine.release = timed_release  # type: ignore[method-assign]
         yield sim
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:

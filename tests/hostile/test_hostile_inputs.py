@@ -30,6 +30,7 @@ import pytest
 
 from tests.hostile.conftest import HEADER_TIMEOUT
 from tests.integration.servers import ROOT, GatewayProcess
+from tests.integration.servers import read_until_closed as until_closed
 from tests.sim.conftest import RunningSim
 
 CHAT = "/v1/chat/completions"
@@ -106,23 +107,9 @@ def exchange(gateway: GatewayProcess, data: bytes) -> bytes:
         return read_until_closed(sock)[0]
 
 
-def read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
+def read_until_closed(sock: socket.socket, within: float = BOUND) -> tuple[bytes, float]:
     """Everything received until the gateway closed the connection, and the seconds that took."""
-    start = time.monotonic()
-    received = b""
-    while True:
-        left = BOUND - (time.monotonic() - start)
-        assert left > 0, f"still open after {BOUND} s; received {received[:300]!r}"
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue  # the assertion above ends the loop
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            return received, time.monotonic() - start
-        received += chunk
+    return until_closed(sock, within)
 
 
 def responses(raw: bytes) -> list[tuple[int, bytes]]:

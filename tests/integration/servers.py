@@ -8,19 +8,65 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import orjson
+import uvicorn
 import yaml
 
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+
+
+def read_until_closed(sock: socket.socket, within: float) -> tuple[bytes, float]:
+    """Everything a server sends on ``sock`` until it closes the connection, and the seconds that
+    took; fails the test if the connection is still open after ``within`` seconds."""
+    start = time.monotonic()
+    received = b""
+    while True:
+        left = within - (time.monotonic() - start)
+        assert left > 0, f"the connection is still open after {within} s (received {received[:300]!r})"
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue  # the assertion above ends the loop
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return received, time.monotonic() - start
+        received += chunk
+
+
+@contextmanager
+def serve_in_thread(server: uvicorn.Server, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
+    """Run ``server`` in a daemon thread on ``host:port`` (0: a free port) until the block ends;
+    yields the port once the server has started."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 def free_port() -> int:

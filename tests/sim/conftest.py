@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,6 +16,7 @@ from starlette.applications import Starlette
 
 from engines.sim import Knobs, SimConfig, create_sim_app
 from engines.sim.engine import SimEngine
+from tests.integration.servers import serve_in_thread
 
 
 @dataclass
@@ -55,27 +54,12 @@ class RunningSim:
 @contextmanager
 def serve_sim(config: SimConfig) -> Iterator[RunningSim]:
     """Run ``create_sim_app(config)`` under uvicorn in a thread on a free 127.0.0.1 port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     app = create_sim_app(config)
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=1)
     )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the simulator did not start")
-        time.sleep(0.01)
-    try:
+    with serve_in_thread(server) as port:
         yield RunningSim(f"http://127.0.0.1:{port}", app)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 DEFAULT = SimConfig(model="sim", aliases=("sim-alias",), embedding_dims=32, knobs=Knobs(output_tokens=8))
