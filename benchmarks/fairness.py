@@ -23,16 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from benchmarks import readme
+from benchmarks import peers, readme
 from benchmarks.load import Dist, LoadConfig, run_load
-from benchmarks.peers import ROOT, Server, free_port, wait_all
+from benchmarks.peers import Server, wait_all
 from benchmarks.stats import LoadResult, distribution
 from gateway.keys import hash_key
 from tests.integration.servers import GatewayProcess
@@ -44,11 +43,16 @@ MODES = ("on", "off")
 
 def sim(workdir: Path, args: argparse.Namespace) -> Server:
     """The engine simulator with a few slots; each request takes ttft + tokens x itl seconds."""
-    port = free_port()
-    argv = [sys.executable, "-m", "engines.sim", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--served-model-name", "chat", "--max-running", str(args.max_running)]
-    argv += ["--ttft", str(args.ttft), "--itl", str(args.itl), "--output-tokens", str(args.output_tokens)]
-    return Server("sim", argv, port, "/health", workdir / "sim.log", env={"PYTHONPATH": str(ROOT)})
+    extra = ("--max-running", str(args.max_running))
+    return peers.sim_server(
+        workdir,
+        "chat",
+        ttft=args.ttft,
+        itl=args.itl,
+        output_tokens=args.output_tokens,
+        name="sim",
+        extra=extra,
+    )
 
 
 def gateway(workdir: Path, engine_url: str, limit: int | None) -> GatewayProcess:

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,29 +220,24 @@ def wait_all(servers: list[Server]) -> dict[str, float]:
     return ready
 
 
-def sim_server(workdir: Path, model: str, *, itl: float, output_tokens: int) -> Server:
-    """The engine simulator serving ``model`` (no TTFT delay; ``itl`` seconds between tokens)."""
+def sim_server(
+    workdir: Path,
+    model: str,
+    *,
+    itl: float,
+    output_tokens: int,
+    ttft: float = 0.0,
+    name: str | None = None,
+    extra: Sequence[str] = (),
+) -> Server:
+    """The engine simulator serving ``model`` (``ttft`` seconds to the first token, ``itl`` between
+    tokens; ``extra``: more of its command-line options); its log is ``<name>.log``."""
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "engines.sim",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--served-model-name",
-        model,
-        "--ttft",
-        "0",
-        "--itl",
-        str(itl),
-        "--output-tokens",
-        str(output_tokens),
-    ]
-    return Server(
-        f"sim-{model}", argv, port, "/health", workdir / f"sim-{model}.log", env={"PYTHONPATH": str(ROOT)}
-    )
+    name = name or f"sim-{model}"
+    argv = [sys.executable, "-m", "engines.sim", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--served-model-name", model, "--ttft", str(ttft), "--itl", str(itl)]
+    argv += ["--output-tokens", str(output_tokens), *extra]
+    return Server(name, argv, port, "/health", workdir / f"{name}.log", env={"PYTHONPATH": str(ROOT)})
 
 
 def offload_server(

@@ -20,7 +20,6 @@ import asyncio
 import json
 import random
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ from typing import Any
 import aiohttp
 import httpx
 
-from benchmarks import readme
+from benchmarks import peers, readme
 from benchmarks.client import RequestRecord, chat_body, json_headers, send
-from benchmarks.peers import ROOT, Server, free_port, wait_all
+from benchmarks.peers import Server, wait_all
 from benchmarks.stats import distribution
 from tests.integration.servers import GatewayProcess
 
@@ -39,10 +38,7 @@ RESULTS = readme.RESULTS
 
 
 def sim(workdir: Path, name: str, args: argparse.Namespace) -> Server:
-    port = free_port()
-    argv = [sys.executable, "-m", "engines.sim", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--served-model-name", "chat", "--itl", str(args.itl), "--output-tokens", str(args.tokens)]
-    return Server(name, argv, port, "/health", workdir / f"{name}.log", env={"PYTHONPATH": str(ROOT)})
+    return peers.sim_server(workdir, "chat", itl=args.itl, output_tokens=args.tokens, name=name)
 
 
 async def run(base_url: str, args: argparse.Namespace) -> list[tuple[int, RequestRecord]]:

@@ -57,6 +57,7 @@ import aiohttp
 import orjson
 import yaml
 
+from benchmarks import peers
 from benchmarks.load import Dist, LoadConfig, run_load
 from benchmarks.peers import ROOT, Server, free_port, wait_all
 
@@ -109,12 +110,11 @@ class Tally:
 
 
 def _sim(workdir: Path, index: int, args: argparse.Namespace) -> Server:
-    port = free_port()
-    argv = [sys.executable, "-m", "engines.sim", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--served-model-name", SERVED, "--ttft", "0", "--itl", str(args.itl)]
-    argv += ["--output-tokens", str(args.stream_tokens.high), "--embedding-dims", "64"]
-    name = f"sim-{index}"
-    return Server(name, argv, port, "/health", workdir / f"{name}.log", env={"PYTHONPATH": str(ROOT)})
+    extra = ("--embedding-dims", "64")
+    high = args.stream_tokens.high
+    return peers.sim_server(
+        workdir, SERVED, itl=args.itl, output_tokens=high, name=f"sim-{index}", extra=extra
+    )
 
 
 def _gateway(workdir: Path, sims: list[Server]) -> Server:
