@@ -25,6 +25,7 @@ _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json
 _DONE = b"[DONE]"
 _DRAIN_TIMEOUT = 1.0
 _MAX_URLS = 1024
+_SIDE_CONNECTIONS = 64  # probes and scrapes: one or two per replica at a time
 MAX_EVENT_BYTES = 32 * 1024 * 1024
 """The longest SSE event an engine may send (``OFFLOAD_UPSTREAM__MAX_EVENT_BYTES``)."""
 KEEPALIVE = b""
@@ -190,22 +191,33 @@ class Upstream:
     def __init__(self, settings: UpstreamSettings) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._side_session: aiohttp.ClientSession | None = None
         self._urls: dict[tuple[str, str], yarl.URL] = {}
+
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(total=None, connect=self._settings.connect_timeout),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),  # engines set no cookies: skip the jar per response
+        )
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The pool requests to engines go through (``max_connections``)."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._settings.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, connect=self._settings.connect_timeout),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-                cookie_jar=aiohttp.DummyCookieJar(),  # engines set no cookies: skip the jar per response
-            )
+            self._session = self._new_session(self._settings.max_connections)
         return self._session
+
+    @property
+    def side_session(self) -> aiohttp.ClientSession:
+        """A small pool of its own for health probes and metric scrapes: with every request
+        connection busy (a burst of long streams), a probe waiting for one would time out and take
+        a healthy replica out of service."""
+        if self._side_session is None:
+            self._side_session = self._new_session(_SIDE_CONNECTIONS)
+        return self._side_session
 
     def _url(self, base_url: str, path: str) -> yarl.URL:
         """The parsed URL of an engine call, parsed once (aiohttp would parse the string per call)."""
@@ -217,10 +229,11 @@ class Upstream:
         return url
 
     async def close(self) -> None:
-        """Close the pool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the pools."""
+        for session in (self._session, self._side_session):
+            if session is not None:
+                await session.close()
+        self._session = self._side_session = None
 
     async def post_json(self, base_url: str, path: str, body: bytes) -> UpstreamReply:
         """POST ``body`` and read the whole answer within the request timeout.
@@ -275,7 +288,7 @@ class Upstream:
         """``GET`` a small text page (engine metrics); None on any failure."""
         try:
             async with asyncio.timeout(timeout):
-                async with self.session.get(base_url + path) as response:
+                async with self.side_session.get(base_url + path) as response:
                     return await response.text() if response.status == 200 else None
         except (TimeoutError, aiohttp.ClientError, OSError, UnicodeDecodeError):
             return None
@@ -284,7 +297,7 @@ class Upstream:
         """``GET /health``: OK on 200; REFUSED when nothing listens; FAILED otherwise (slow, 5xx)."""
         try:
             async with asyncio.timeout(timeout):
-                async with self.session.get(base_url + paths.HEALTH) as response:
+                async with self.side_session.get(base_url + paths.HEALTH) as response:
                     return ProbeResult.OK if response.status == 200 else ProbeResult.FAILED
         except aiohttp.ClientConnectorError:
             return ProbeResult.REFUSED

@@ -346,3 +346,21 @@ async def test_probe_tells_ok_refused_and_failed_apart(engine: str, upstream: Up
     assert await upstream.probe(f"http://127.0.0.1:{closed_port()}", timeout=1) is ProbeResult.REFUSED
     # A path that answers 404 is not a healthy engine, but it is reachable.
     assert await upstream.probe(engine + "/nothing", timeout=1) is ProbeResult.FAILED
+
+
+async def test_probes_get_through_while_every_request_connection_is_busy(engine: str) -> None:
+    # One request connection, held by an open stream: a probe through the same pool would wait for
+    # it and time out, taking a healthy replica out of service.
+    upstream = Upstream(UpstreamSettings(max_connections=1, request_timeout=10))
+    try:
+        stream = await upstream.open_stream(engine, "/v1/chat/completions", b'{"stream": true, "long": true}')
+        assert isinstance(stream, EventStream)
+        try:
+            assert await upstream.probe(engine, timeout=1) is ProbeResult.OK
+            assert await upstream.get_text(engine, "/health", timeout=1) == ""
+            with pytest.raises(TimeoutError):  # the request pool is indeed full
+                await asyncio.wait_for(upstream.post_json(engine, "/v1/chat/completions", b"{}"), 0.3)
+        finally:
+            await stream.aclose()
+    finally:
+        await upstream.close()
