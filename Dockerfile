@@ -18,6 +18,14 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY engines ./engines
+# The gRPC door's code, generated from gateway/rpc/offload.proto (never committed) by grpcio-tools in a
+# virtualenv of this stage only: the image gets the generated modules, not the generator.
+RUN python -m venv /opt/codegen \
+    && /opt/codegen/bin/pip install --only-binary=:all: grpcio-tools==1.85.1 \
+    && mkdir -p gateway/rpc/generated \
+    && touch gateway/rpc/generated/__init__.py \
+    && /opt/codegen/bin/python -m grpc_tools.protoc -Igateway/rpc/generated=gateway/rpc \
+       --python_out=. --grpc_python_out=. gateway/rpc/generated/offload.proto
 # Only the gateway's own dependencies (no `engines` extra). --only-binary: every dependency ships wheels, so
 # no compiler is ever needed, and a dependency that stops shipping one fails the build instead of compiling.
 RUN /opt/offload/bin/pip install --only-binary=:all: . \
@@ -28,7 +36,8 @@ FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 offload \
     && useradd --system --uid 10001 --gid offload --home-dir /home/offload --create-home \
        --shell /usr/sbin/nologin offload \
-    && mkdir -p /etc/offload
+    && mkdir -p /etc/offload /run/offload \
+    && chown offload:offload /run/offload
 COPY --from=build /opt/offload /opt/offload
 
 # The configuration file is mounted here (compose: a bind mount; Kubernetes: a ConfigMap). None is baked in:
@@ -42,6 +51,9 @@ ENV PATH=/opt/offload/bin:$PATH \
 
 USER 10001:10001
 WORKDIR /home/offload
+# /run/offload: where OFFLOAD_SERVER__UDS=/run/offload/offload.sock puts the Unix socket (a volume mounted
+# there starts owned by the gateway's user). The gRPC door, when OFFLOAD_SERVER__GRPC_PORT turns it on,
+# listens on that port (e.g. 50051) too.
 EXPOSE 8000
 
 # /health answers while the process runs (readiness, which depends on engines, is /ready). curl is not in

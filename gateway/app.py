@@ -20,6 +20,7 @@ from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.front import FrontDoor
 from gateway.api.health import OpsController
 from gateway.api.models import ModelsController
+from gateway.api.playground import page_routes
 from gateway.config import OffloadConfig, keys_file_of, load_config
 from gateway.discovery import TableSource, dns_names
 from gateway.drain import Drain
@@ -158,22 +159,6 @@ def create_app(
         settings, config, (router, breakers), reloads, monitor, (shadows, upstream, limiter)
     )
 
-    app = Litestar(
-        route_handlers=[ModelsController, OpsController, EnginesController],
-        dependencies={
-            "router": _const(router),
-            "breakers": _const(breakers),
-            "engines": _const(engines),
-            "metrics": _const(metrics),
-            "started_at": _const(int(time.time())),
-            "drain": _const(drain),
-        },
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=[background.lifespan],
-        request_max_body_size=max_body,
-        openapi_config=None,
-        debug=False,
-    )
     chat = ChatService(
         router,
         failover,
@@ -185,11 +170,34 @@ def create_app(
         admission,
         Resumer(router, upstream, leases, metrics, up.max_resumes, up.request_timeout),
     )
+    embeddings = EmbeddingsService(router, failover, upstream, metrics, caps, admission)
+    lifespans = [background.lifespan]
+    if settings.server.grpc_port is not None:  # the gRPC door: imported only when opened
+        from gateway.rpc.door import grpc_door
+
+        lifespans.append(
+            grpc_door(settings, drain, keys, limiter, metrics, chat, embeddings, router).lifespan
+        )
+
+    app = Litestar(
+        route_handlers=[ModelsController, OpsController, EnginesController, *page_routes()],
+        dependencies={
+            "router": _const(router),
+            "breakers": _const(breakers),
+            "engines": _const(engines),
+            "metrics": _const(metrics),
+            "started_at": _const(int(time.time())),
+            "drain": _const(drain),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespans,
+        request_max_body_size=max_body,
+        openapi_config=None,
+        debug=False,
+    )
     hot = {
         paths.CHAT_COMPLETIONS: chat_handler(chat, up.keepalive_interval, max_body, drain),
-        paths.EMBEDDINGS: embeddings_handler(
-            EmbeddingsService(router, failover, upstream, metrics, caps, admission), max_body
-        ),
+        paths.EMBEDDINGS: embeddings_handler(embeddings, max_body),
     }
     # Litestar types its ASGI signature with its own TypedDicts: the same messages, typed narrower.
     return FrontDoor(

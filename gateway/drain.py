@@ -13,6 +13,7 @@ this state.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class Drain:
@@ -24,10 +25,17 @@ class Drain:
         self.expired = False
         """Step 3: open streams are being ended."""
         self._streams: set[asyncio.Task[object]] = set()
+        self._on_begin: list[Callable[[], None]] = []
+
+    def on_begin(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the drain begins (another door's readiness: gRPC health)."""
+        self._on_begin.append(callback)
 
     def begin(self) -> None:
         """Stop being ready (requests are still served)."""
         self.draining = True
+        for callback in self._on_begin:
+            callback()
 
     def track(self, task: asyncio.Task[object]) -> None:
         """A stream is being relayed by ``task``."""

@@ -1,5 +1,6 @@
 """The ``offload`` command: ``run`` (engines + gateway), ``serve`` (gateway only), ``prepare`` (models),
-``engines`` (list/start/stop/restart/logs of a running ``offload run``)."""
+``engines`` (list/start/stop/restart/logs of a running ``offload run``), ``keys new``, and ``models``,
+``chat MODEL``, ``status`` (a running gateway from the terminal: :mod:`gateway.console`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import gc
 import ipaddress
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +20,7 @@ from pydantic import ValidationError
 
 from gateway.config import ConfigError, KeyConfig, OffloadConfig, load_config
 from gateway.logging import configure_logging
-from gateway.serving import DrainingServer, RequestHeadGuard
+from gateway.serving import DrainingServer, ListenError, RequestHeadGuard, bind_tcp, listeners
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -62,10 +64,30 @@ def create_app_checked(
 
 
 def serve(settings: Settings, config: OffloadConfig, engines: EngineControl | None = None) -> None:
-    """Serve the gateway until SIGINT/SIGTERM (uvloop + httptools, one worker), then drain."""
+    """Serve the gateway until SIGINT/SIGTERM (uvloop + httptools, one worker), then drain.
+
+    It listens on ``server.host:server.port`` (unless ``server.tcp`` is false) and on the Unix
+    socket ``server.uds`` when set: both bound here and handed to uvicorn, which serves and drains
+    them alike. A place it cannot listen on ends the process with a message saying why."""
     from gateway.drain import Drain
 
-    drain = Drain()
+    server = settings.server
+    try:
+        if server.grpc_port is not None:  # gRPC binds it at startup: a port in use is refused here, in words
+            bind_tcp(server.host, server.grpc_port).close()
+        with listeners(server.host, server.port if server.tcp else None, server.uds) as sockets:
+            _serve_on(sockets, settings, config, engines, Drain())
+    except ListenError as exc:
+        raise SystemExit(f"offload: {exc}") from None
+
+
+def _serve_on(
+    sockets: list[socket.socket],
+    settings: Settings,
+    config: OffloadConfig,
+    engines: EngineControl | None,
+    drain: Drain,
+) -> None:
     app = served_app(settings, create_app_checked(settings, config, engines, drain))
     # Everything built so far lives as long as the process: keep it out of the garbage collector's
     # full passes (fewer objects to walk while serving), and collect the young generation less often
@@ -77,8 +99,6 @@ def serve(settings: Settings, config: OffloadConfig, engines: EngineControl | No
     head_limit = 2 * server.max_header_bytes  # the raw head; FrontDoor checks the parsed headers exactly
     uvicorn_config = uvicorn.Config(
         app,
-        host=server.host,
-        port=server.port,
         loop="uvloop",
         http=RequestHeadGuard.configured(server.header_timeout, head_limit),
         h11_max_incomplete_event_size=head_limit,  # (used only if h11 replaces httptools)
@@ -91,14 +111,16 @@ def serve(settings: Settings, config: OffloadConfig, engines: EngineControl | No
         # A backstop only: the drain ends open streams itself at drain_timeout.
         timeout_graceful_shutdown=int(server.drain_timeout) + 5,
     )
-    DrainingServer(uvicorn_config, drain, server.drain_grace, server.drain_timeout).run()
+    DrainingServer(uvicorn_config, drain, server.drain_grace, server.drain_timeout).run(sockets)
 
 
 def exposure_problem(settings: Settings, config: OffloadConfig) -> str | None:
     """Why the gateway must not start as configured (None: it may). Secure by default: reachable
     from other machines only with API keys, unless keyless mode is asked for explicitly."""
     host = settings.server.host
-    if config.auth.keys or _is_loopback(host):
+    # The Unix socket is local only; TCP (HTTP, and gRPC when on) is bound on `host`.
+    on_host = settings.server.tcp or settings.server.grpc_port is not None
+    if config.auth.keys or _is_loopback(host) or not on_host:
         return None
     if settings.server.allow_keyless:
         _log.warning("serving without API keys beyond loopback (OFFLOAD_SERVER__ALLOW_KEYLESS)", host=host)
@@ -251,9 +273,19 @@ def engines_cli(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``offload`` console script."""
+    from gateway import console
+
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in and args_in[0] in console.COMMANDS:
+        # models, chat, status: clients of a running gateway, with their own options
+        return console.main(args_in)
     parser = argparse.ArgumentParser(prog="offload", description=__doc__)
     parser.add_argument(
-        "command", nargs="?", default="run", choices=["run", "serve", "prepare", "engines", "keys"]
+        "command",
+        nargs="?",
+        default="run",
+        choices=["run", "serve", "prepare", "engines", "keys", *console.COMMANDS],
+        help="models, chat MODEL, status: against a running gateway (`offload models --help`)",
     )
     parser.add_argument(
         "action",

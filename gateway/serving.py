@@ -4,8 +4,13 @@ steps of a graceful shutdown (:mod:`gateway.drain`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
 
@@ -16,6 +21,75 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.drain import Drain
 
 _log = structlog.get_logger("offload.main")
+_SOCKET_MODE = 0o660  # owner and group: an app container in the socket's group may connect
+_BACKLOG = 2048  # uvicorn's default
+
+
+class ListenError(Exception):
+    """The gateway cannot listen where it was told to (the message says why and where)."""
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv6 when ``host`` is an IPv6 address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=_BACKLOG)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0660. A socket file nobody listens on (left by a
+    killed run) is replaced; a live one, or a path that is not a socket, is refused."""
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise ListenError(f"refusing to replace {path}: it exists and is not a socket")
+        if _answers(path):
+            raise ListenError(f"{path} is in use: another server listens on it")
+        path.unlink()  # stale: its server is gone
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o777 & ~_SOCKET_MODE)  # created with the mode at once, never wider
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, _SOCKET_MODE)
+    sock.listen(_BACKLOG)
+    return sock
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def listeners(host: str, port: int | None, uds: Path | None) -> Iterator[list[socket.socket]]:
+    """The server's sockets: TCP on ``host:port`` (unless ``port`` is None) and the Unix socket at
+    ``uds`` (if given), bound before the server starts; closed, and the socket file removed, after."""
+    sockets: list[socket.socket] = []
+    inode = None
+    try:
+        if port is not None:
+            sockets.append(bind_tcp(host, port))
+        if uds is not None:
+            sockets.append(bind_unix(uds))
+            inode = uds.lstat().st_ino
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+        if uds is not None and inode is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if uds.lstat().st_ino == inode:  # still ours (not replaced by a later server)
+                    uds.unlink()
 
 
 class RequestHeadGuard(HttpToolsProtocol):

@@ -9,35 +9,16 @@ from litestar import Controller, Request, Response, get
 from gateway.api.asgi import record_of
 from gateway.errors import ModelNotFoundError
 from gateway.protocol import paths
-from gateway.protocol.models import ModelCard, ModelList
+from gateway.protocol.models import ModelList
 from gateway.routing.router import Router
 from gateway.routing.table import Route
-
-
-def _cards(route: Route, created: int) -> list[ModelCard]:
-    if not route.versioned:
-        return [ModelCard(id=route.model, created=created)]
-    cards = [
-        ModelCard(
-            id=route.model,
-            created=created,
-            versions=[f"{route.model}:{v}" for v in route.versions],
-            aliases={f"{route.model}:{a}": f"{route.model}:{t}" for a, t in route.aliases.items()},
-        )
-    ]
-    cards += [ModelCard(id=f"{route.model}:{v}", created=created, parent=route.model) for v in route.versions]
-    cards += [
-        ModelCard(id=f"{route.model}:{a}", created=created, parent=route.model, alias_of=f"{route.model}:{t}")
-        for a, t in route.aliases.items()
-    ]
-    return cards
+from gateway.services.catalog import cards, visible
 
 
 def _visible(request: Request[Any, Any, Any], router: Router) -> list[Route]:
     """The routes the request's API key may use (every route when keys are off)."""
     record = record_of(request.scope)
-    allowed = None if record is None else record.allowed_models
-    return [r for r in router.table.routes if allowed is None or r.model in allowed]
+    return visible(router.table.routes, None if record is None else record.allowed_models)
 
 
 class ModelsController(Controller):
@@ -51,9 +32,9 @@ class ModelsController(Controller):
     ) -> Response[bytes]:
         """OpenAI list of models, with versions and aliases as their own entries (only those the
         request's API key may use)."""
-        cards = [card for route in _visible(request, router) for card in _cards(route, started_at)]
+        listed = [card for route in _visible(request, router) for card in cards(route, started_at)]
         return Response(
-            ModelList(data=cards).model_dump_json(exclude_none=True).encode(), media_type="application/json"
+            ModelList(data=listed).model_dump_json(exclude_none=True).encode(), media_type="application/json"
         )
 
     @get("/{model:path}")
@@ -63,7 +44,7 @@ class ModelsController(Controller):
         """One model, version or alias (names may contain ``/``); 404 ``model_not_found`` otherwise."""
         model = model.lstrip("/")
         for route in _visible(request, router):
-            for card in _cards(route, started_at):
+            for card in cards(route, started_at):
                 if card.id == model:
                     return Response(
                         card.model_dump_json(exclude_none=True).encode(), media_type="application/json"

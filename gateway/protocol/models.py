@@ -17,6 +17,7 @@ class ModelCard(BaseModel):
     # Offload's additions (clients ignore unknown fields):
     parent: str | None = None  # for chat:v2 and chat:stable, the public model
     alias_of: str | None = None  # for chat:stable, the version it points at
+    weight: float | None = None  # for chat:v2, its share of the traffic for `chat` (relative weight)
     versions: list[str] | None = None  # on the public model
     aliases: dict[str, str] | None = None
 
