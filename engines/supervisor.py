@@ -8,6 +8,9 @@ a configuration into them); this package never reads the gateway's configuration
   enforcing the engine's memory limit.
 * On-demand engines start on their first request and stop after ``idle_timeout`` without traffic.
 * Everything is stopped on shutdown: SIGTERM to each engine's process group, SIGKILL after a grace.
+* The set can change while running (a configuration reload, ``gateway.rollout``): :meth:`Supervisor.add`
+  starts a new engine, :meth:`Supervisor.set_aside` takes one out of the set (it keeps serving
+  what it has until :meth:`Supervisor.retire` drains it and stops it).
 
 A watcher thread does the keeping-alive; the gateway reaches the supervisor through
 :class:`engines.control.LocalEngineControl` (thread-safe calls only).
@@ -44,7 +47,7 @@ class ManagedEngine:
     """One engine and what the supervisor knows about it."""
 
     process: EngineProcess
-    state: str = "stopped"  # stopped | starting | ready | backoff | stopping
+    state: str = "stopped"  # stopped | starting | ready | backoff | stopping | draining | retired
     wanted: bool = False  # should be running
     restarts: int = 0
     last_exit: str | None = None
@@ -79,13 +82,20 @@ class Supervisor:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._logs_dir = logs_dir
         self.managed: dict[str, ManagedEngine] = {}
+        # Out of the set (removed or replaced by a reload), in the order they left it: draining,
+        # then stopped; the last few stopped ones are kept for `offload engines list`.
+        self.retiring: list[ManagedEngine] = []
         self._state_file: Path | None = None
         for spec in specs:
             if spec.name in self.managed:
                 raise ValueError(f"two engines are named {spec.name!r}")
-            log = logs_dir / f"{spec.name.replace(':', '-').replace('#', '-')}.log"
-            self.managed[spec.name] = ManagedEngine(EngineProcess(spec, log))
+            self.managed[spec.name] = self._managed(spec)
+
+    def _managed(self, spec: EngineSpec) -> ManagedEngine:
+        log = self._logs_dir / f"{spec.name.replace(':', '-').replace('#', '-')}.log"
+        return ManagedEngine(EngineProcess(spec, log))
 
     @property
     def engines(self) -> list[EngineProcess]:
@@ -102,7 +112,9 @@ class Supervisor:
                 raise EngineStartError(
                     f"model directory {engine.spec.model_dir} for {engine.spec.name} does not exist"
                 )
-        names = sorted({e.spec.launch.model for e in self.engines if e.spec.launch.model in PREPARERS})
+        self._prepare(sorted({e.spec.launch.model for e in self.engines if e.spec.launch.model in PREPARERS}))
+
+    def _prepare(self, names: list[str]) -> None:
         if not names:
             return
         cmd = [
@@ -136,7 +148,7 @@ class Supervisor:
 
     def _record_pids(self) -> None:
         if self._state_file is not None:
-            pids = [m.process.pid for m in self.managed.values() if m.process.pid is not None]
+            pids = [m.process.pid for m in self._all() if m.process.pid is not None]
             self._state_file.write_text(json.dumps(pids))
 
     def start_all(self) -> None:
@@ -201,9 +213,13 @@ class Supervisor:
             )
             self._thread.start()
 
+    def _all(self) -> list[ManagedEngine]:
+        with self._lock:
+            return [*self.managed.values(), *self.retiring]
+
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            for m in list(self.managed.values()):
+            for m in self._all():
                 try:
                     self.tick(m)
                 except EngineStartError as exc:
@@ -292,6 +308,56 @@ class Supervisor:
         self._stop_engine(self.managed[name])
         self.start(name)
 
+    # --- changing the set (a configuration reload; thread-safe) ------------------------------
+    def add(self, spec: EngineSpec) -> ManagedEngine:
+        """Put ``spec`` in the set and start it (no wait; an on-demand one waits for its first
+        request). An engine of the same name is set aside first (:meth:`set_aside`): it keeps
+        serving until it is retired. Prepares a packaged model first if needed (blocking)."""
+        m = self._managed(spec)
+        if spec.launch.model in PREPARERS and not spec.model_dir.is_dir():
+            self._prepare([spec.launch.model])
+        if not m.on_demand and not port_free(spec.launch.host, spec.launch.port):
+            raise EngineStartError(f"port {spec.launch.port} for engine {m.name} is already in use")
+        with self._lock:
+            if spec.name in self.managed:
+                self.set_aside(spec.name)
+            self.managed[spec.name] = m
+        if m.on_demand:
+            self._say(f"engine {m.name}: on demand (starts on its first request)")
+        else:
+            self._launch(m)
+        return m
+
+    def set_aside(self, name: str) -> ManagedEngine:
+        """Take ``name`` out of the set; it runs on (and is still restarted if it crashes) until
+        :meth:`retire` drains and stops it."""
+        with self._lock:
+            m = self.managed.pop(name)
+            self.retiring.append(m)
+            return m
+
+    def drain(self, m: ManagedEngine) -> None:
+        """``m`` gets no new requests from now on: it only finishes what it has."""
+        with self._lock:
+            if m.state != "stopped":
+                m.state = "draining"
+        self._say(f"engine {m.name}: draining ({m.in_flight} in flight)")
+
+    def retire(self, m: ManagedEngine, keep: int = 10) -> None:
+        """Stop a set-aside engine for good (its requests drained, or the deadline passed); the
+        last ``keep`` retired engines stay listed."""
+        pid = m.process.pid
+        self._stop_engine(m)
+        with self._lock:
+            m.state = "retired"
+            if m.process.limits.cgroup is not None:
+                m.process.limits.cgroup.remove()
+            self._record_pids()
+            done = [r for r in self.retiring if r.state == "retired"]
+            for old in done[: max(0, len(done) - keep)]:
+                self.retiring.remove(old)
+        self._say(f"engine {m.name}: stopped (pid {pid}); no longer configured")
+
     def stop_all(self, grace: float = 15.0) -> None:
         """Stop watching, then stop every engine and everything it started (SIGKILL for what is
         left of an engine's process group ``grace`` seconds after its SIGTERM)."""
@@ -299,7 +365,7 @@ class Supervisor:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        running = [m for m in self.managed.values() if m.process.pid is not None]
+        running = [m for m in self._all() if m.process.pid is not None]
         for m in running:
             self._say(f"engine {m.name}: stopping")
             m.wanted = False

@@ -24,11 +24,14 @@ from gateway.api.playground import page_routes
 from gateway.config import OffloadConfig, keys_file_of, load_config
 from gateway.discovery import TableSource, dns_names
 from gateway.drain import Drain
+from gateway.engine_usage import EngineUsageCollector
 from gateway.keys import KeyRing
+from gateway.local_engines import engine_specs
 from gateway.metrics import Metrics
 from gateway.monitor import HealthMonitor
 from gateway.protocol import paths
 from gateway.reloader import ConfigReloader, Reloadable
+from gateway.rollout import Rollout
 from gateway.routing.breaker import Breakers
 from gateway.routing.load import Loads
 from gateway.routing.router import Router
@@ -37,7 +40,7 @@ from gateway.services.admission import Admission
 from gateway.services.caps import Caps
 from gateway.services.chat import ChatService
 from gateway.services.embeddings import EmbeddingsService
-from gateway.services.engine_control import EngineControl
+from gateway.services.engine_control import EngineControl, EngineMeter, EngineSet
 from gateway.services.failover import Failover
 from gateway.services.leases import Leases
 from gateway.services.limiter import Limiter
@@ -45,7 +48,8 @@ from gateway.services.on_demand import OnDemand
 from gateway.services.resume import Resumer
 from gateway.services.shadow import ShadowSender
 from gateway.settings import Settings
-from gateway.upstream import Upstream
+from gateway.tracing import Tracing, start_tracing
+from gateway.upstream import TracedUpstream, Upstream
 
 
 def _const(value: object) -> Provide:
@@ -75,14 +79,29 @@ class _Background:
         reloads: tuple[KeyRing, Caps, Limiter, Admission],
         monitor: HealthMonitor,
         closing: tuple[ShadowSender, Upstream, Limiter],
+        engines: EngineControl | None,
     ) -> None:
         self._settings = settings
         self._needs_dns = bool(dns_names(config))
         self._monitor = monitor
         self._source = TableSource(config, *routing, monitor)
+        # With engines of its own (`offload run`), a reload starts and stops them: gateway/rollout.py.
+        self._rollout: Rollout | None = (
+            Rollout(
+                engines,
+                self._source,
+                config,
+                lambda c: engine_specs(c, settings.models_dir),
+                settings.server.drain_timeout,
+            )
+            if isinstance(engines, EngineSet)
+            else None
+        )
         self._reloader = (
             ConfigReloader(
-                settings.config, _Reloads(*reloads, self._source), keys_file_of(config, settings.config)
+                settings.config,
+                _Reloads(*reloads, self._rollout or self._source),
+                keys_file_of(config, settings.config),
             )
             if settings.config
             else None
@@ -114,6 +133,8 @@ class _Background:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self._rollout is not None:
+                await self._rollout.close()
             shadows, upstream, limiter = self._closing
             await shadows.close()
             await upstream.close()
@@ -126,6 +147,7 @@ def create_app(
     engines: EngineControl | None = None,
     upstream: Upstream | None = None,
     drain: Drain | None = None,
+    tracing: Tracing | None = None,
 ) -> FrontDoor:
     """Build the gateway for ``config`` (default: the file named by ``settings.config``): the ASGI
     app to serve, a :class:`FrontDoor` in front of the Litestar app.
@@ -134,6 +156,7 @@ def create_app(
     enables on-demand loading and the ``/admin/engines`` API. ``upstream``: the engine client to
     use instead of a new one (``benchmarks/own_cost.py`` measures the gateway with engines replaced).
     ``drain``: the shutdown state the server drives on SIGTERM (:mod:`gateway.drain`).
+    ``tracing``: spans to make instead of those ``settings.tracing`` asks for (tests: in memory).
     """
     drain = drain or Drain()
     if config is None:
@@ -142,21 +165,24 @@ def create_app(
     breakers = Breakers(h.failure_threshold, h.cooldown, h.max_cooldown)
     loads = Loads()
     metrics = Metrics()
-    upstream = upstream or Upstream(up)
+    tracing = tracing or start_tracing(settings.tracing)  # None: tracing off, nothing on the hot path
+    upstream = upstream or (Upstream(up) if tracing is None else TracedUpstream(up, tracing))
     router = Router(RouteTable.from_config(config), breakers, loads, h.retry_after_seconds)
     leases = Leases(breakers, loads, engines, h.retry_after_seconds)
     on_demand = (
         OnDemand(router, breakers, engines, up, h.retry_after_seconds) if engines is not None else None
     )
-    failover = Failover(router, leases, metrics, on_demand, up.max_retries, up.request_timeout)
+    failover = Failover(router, leases, metrics, on_demand, up.max_retries, up.request_timeout, tracing)
     shadows = ShadowSender(router, upstream, metrics, up.max_shadow_in_flight)
-    monitor = HealthMonitor(lambda: router.table, breakers, loads, upstream, metrics, h)
+    local_usage = engines.usage if isinstance(engines, EngineMeter) else None
+    monitor = HealthMonitor(lambda: router.table, breakers, loads, upstream, metrics, h, local_usage)
+    EngineUsageCollector(metrics.registry, monitor.engine_figures)  # offload_engine_* on /metrics
     keys, caps = KeyRing(config.auth), Caps(config.limits)
     limiter = Limiter(config.limits.window_seconds, metrics, config.limits.redis_url)
     admission = Admission(config.admission, metrics)
     reloads = (keys, caps, limiter, admission)
     background = _Background(
-        settings, config, (router, breakers), reloads, monitor, (shadows, upstream, limiter)
+        settings, config, (router, breakers), reloads, monitor, (shadows, upstream, limiter), engines
     )
 
     chat = ChatService(
@@ -172,11 +198,13 @@ def create_app(
     )
     embeddings = EmbeddingsService(router, failover, upstream, metrics, caps, admission)
     lifespans = [background.lifespan]
+    if tracing is not None:
+        lifespans.insert(0, tracing.lifespan)  # ended last: spans of the shutdown itself are exported
     if settings.server.grpc_port is not None:  # the gRPC door: imported only when opened
         from gateway.rpc.door import grpc_door
 
         lifespans.append(
-            grpc_door(settings, drain, keys, limiter, metrics, chat, embeddings, router).lifespan
+            grpc_door(settings, drain, keys, limiter, metrics, chat, embeddings, router, tracing).lifespan
         )
 
     app = Litestar(
@@ -186,6 +214,7 @@ def create_app(
             "breakers": _const(breakers),
             "engines": _const(engines),
             "metrics": _const(metrics),
+            "monitor": _const(monitor),
             "started_at": _const(int(time.time())),
             "drain": _const(drain),
         },
@@ -208,4 +237,5 @@ def create_app(
         keys,
         settings.server.max_header_bytes,
         limiter,
+        tracing,
     )

@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
@@ -24,6 +24,8 @@ from gateway.serving import DrainingServer, ListenError, RequestHeadGuard, bind_
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from engines.supervisor import Supervisor
     from gateway.api.asgi import ASGIApp
     from gateway.api.front import FrontDoor
@@ -261,14 +263,43 @@ def engines_cli(args: argparse.Namespace, settings: Settings) -> int:
     if action == "list":
         cols = ("name", "state", "pid", "port", "uptime_s", "restarts", "in_flight", "on_demand", "last_exit")
         rows = [[str(e.get(c) if e.get(c) is not None else "-") for c in cols] for e in body["data"]]
-        widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-        for line in [list(cols), *rows]:
+        # then what each engine uses (gateway/engine_usage.py)
+        header = [*cols, *_USAGE_COLUMNS]
+        rows = [row + _usage_cells(e) for row, e in zip(rows, body["data"], strict=True)]
+        widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(header)]
+        for line in [header, *rows]:
             print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
     elif action == "logs":
         print("\n".join(body["lines"]))
     else:
         print(f"engine {args.name}: {action} done")
     return 0
+
+
+_USAGE_COLUMNS = ("cores", "cpu_s", "rss", "gpu", "kv")
+
+
+def _usage_cells(engine: dict[str, Any]) -> list[str]:
+    """An engine's usage for ``offload engines list``: CPU cores in use, CPU seconds, resident memory,
+    GPUs (device:utilisation/memory) and KV-cache usage; ``-`` where unknown."""
+
+    def size(n: float) -> str:
+        return f"{n / 2**30:.1f}G" if n >= 2**30 else f"{n / 2**20:.0f}M"
+
+    def cell(value: Any, fmt: Callable[[Any], str]) -> str:
+        return "-" if value is None else fmt(value)
+
+    gpus = ",".join(
+        f"{g['device']}:{cell(g['utilization'], '{:.0%}'.format)}/{size(g['memory_bytes'])}"
+        for g in engine.get("gpus") or ()
+    )
+    return [
+        cell(engine.get("cpu_cores"), "{:.2f}".format),
+        cell(engine.get("cpu_seconds"), "{:.1f}".format),
+        cell(engine.get("memory_bytes"), size),
+        gpus or "-",
+        cell(engine.get("kv_cache_usage"), "{:.0%}".format),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,12 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     if args_in and args_in[0] in console.COMMANDS:
         # models, chat, status: clients of a running gateway, with their own options
         return console.main(args_in)
+    if args_in[:1] == ["package"]:
+        # A build step, not a server: its own options (`offload package --help`).
+        from engines import packaging
+
+        return packaging.main(args_in[1:], Settings().models_dir)
     parser = argparse.ArgumentParser(prog="offload", description=__doc__)
     parser.add_argument(
         "command",
         nargs="?",
         default="run",
-        choices=["run", "serve", "prepare", "engines", "keys", *console.COMMANDS],
+        choices=["run", "serve", "prepare", "engines", "keys", "package", *console.COMMANDS],
         help="models, chat MODEL, status: against a running gateway (`offload models --help`)",
     )
     parser.add_argument(

@@ -89,6 +89,13 @@ class Metrics:
             ["key", "model", "version", "kind"],
             registry=r,
         )
+        self.key_budget = Gauge(
+            "offload_key_limit_remaining_ratio",
+            "Share of an API key's rpm or tpm left in its window, as of the key's last request"
+            " (kind: requests or tokens)",
+            ["key", "kind"],
+            registry=r,
+        )
         self.admission_wait = Histogram(
             "offload_admission_wait_seconds",
             "Time requests waited in a version's fair queue before reaching an engine",

@@ -4,8 +4,8 @@ The keys file the configuration names is watched too: a revoked key is refused f
 check on (``reload.watch_interval``). A new route table is built and its new replicas probed
 *before* it is swapped in, so traffic never sees a replica in an unknown state. Requests and
 streams in flight hold their replica objects and finish where they started. An invalid file is
-logged and ignored: the running table stays. Local engines are started by ``offload run`` at
-start-up; a reload re-routes, it does not start or stop engines.
+logged and ignored: the running table stays. With ``offload run`` a reload also reconciles the
+local engines (starts what the file adds, drains and stops what it removes): :mod:`gateway.rollout`.
 """
 
 from __future__ import annotations

@@ -138,6 +138,24 @@ class LogSettings(BaseModel):
     access: bool = True
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces (gateway/tracing.py): off unless ``endpoint`` is set."""
+
+    # An OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (/v1/traces is added unless the URL ends
+    # with it). Unset: no tracing at all, and the OpenTelemetry SDK is not even imported.
+    endpoint: str | None = None
+    service_name: str = "offload"
+    # The share of new traces recorded (a request carrying a traceparent follows its caller's choice).
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"{endpoint!r} is not an OTLP/HTTP URL (http://host:4318 or https://...)")
+        return endpoint
+
+
 class Settings(BaseSettings):
     """All settings of one Offload process."""
 
@@ -150,6 +168,7 @@ class Settings(BaseSettings):
     health: HealthSettings = HealthSettings()
     reload: ReloadSettings = ReloadSettings()
     log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @property
     def models_dir(self) -> Path:

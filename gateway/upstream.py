@@ -9,17 +9,22 @@ never see aiohttp exceptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import aiohttp
 import yarl
 
-from gateway.errors import EngineConnectError, EngineError, EngineTimeoutError
+from gateway.errors import EngineConnectError, EngineError, EngineTimeoutError, GatewayError
 from gateway.protocol import paths
 from gateway.settings import UpstreamSettings
 from gateway.silence import SilenceWatch, Silent
+
+if TYPE_CHECKING:
+    from gateway.tracing import EngineCall, Tracing
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _DONE = b"[DONE]"
@@ -235,7 +240,9 @@ class Upstream:
                 await session.close()
         self._session = self._side_session = None
 
-    async def post_json(self, base_url: str, path: str, body: bytes) -> UpstreamReply:
+    async def post_json(
+        self, base_url: str, path: str, body: bytes, headers: Mapping[str, str] = _JSON_HEADERS
+    ) -> UpstreamReply:
         """POST ``body`` and read the whole answer within the request timeout.
 
         Cancelling the calling task (client gone) closes the connection, aborting the engine's work.
@@ -243,7 +250,7 @@ class Upstream:
         try:
             async with asyncio.timeout(self._settings.request_timeout):
                 async with self.session.post(
-                    self._url(base_url, path), data=body, headers=_JSON_HEADERS
+                    self._url(base_url, path), data=body, headers=headers
                 ) as response:
                     try:
                         data = await _read_bounded(response, self._settings.max_answer_bytes)
@@ -258,14 +265,14 @@ class Upstream:
         except aiohttp.ClientError:
             raise EngineError("the engine connection failed") from None
 
-    async def open_stream(self, base_url: str, path: str, body: bytes) -> UpstreamReply | EventStream:
+    async def open_stream(
+        self, base_url: str, path: str, body: bytes, headers: Mapping[str, str] = _JSON_HEADERS
+    ) -> UpstreamReply | EventStream:
         """POST a streaming request. An engine error status comes back as a complete
         :class:`UpstreamReply`; a 200 as an :class:`EventStream` the caller must ``close()``."""
         try:
             async with asyncio.timeout(self._settings.request_timeout):
-                response = await self.session.post(
-                    self._url(base_url, path), data=body, headers=_JSON_HEADERS
-                )
+                response = await self.session.post(self._url(base_url, path), data=body, headers=headers)
                 if response.status != 200:
                     try:
                         return UpstreamReply(
@@ -303,3 +310,101 @@ class Upstream:
             return ProbeResult.REFUSED
         except (TimeoutError, aiohttp.ClientError, OSError):
             return ProbeResult.FAILED
+
+
+class TracedUpstream(Upstream):
+    """:class:`Upstream` with a client span per engine call, its trace context sent to the engine
+    (:mod:`gateway.tracing`). Built instead of a plain one when tracing is on, so that a gateway
+    with tracing off runs the plain calls without a single check."""
+
+    def __init__(self, settings: UpstreamSettings, tracing: Tracing) -> None:
+        super().__init__(settings)
+        self._tracing = tracing
+
+    def _call(self, base_url: str, path: str, headers: Mapping[str, str]) -> EngineCall:
+        url = self._url(base_url, path)
+        return self._tracing.engine_call(path, url.host, url.port, headers)
+
+    async def post_json(
+        self, base_url: str, path: str, body: bytes, headers: Mapping[str, str] = _JSON_HEADERS
+    ) -> UpstreamReply:
+        call = self._call(base_url, path, headers)
+        try:
+            reply = await super().post_json(base_url, path, body, call.headers)
+        except GatewayError as exc:
+            call.failed(exc.code or "engine_error")
+            call.end()
+            raise
+        except BaseException:  # cancelled: the client left
+            call.end()
+            raise
+        call.end(reply.status)
+        return reply
+
+    async def open_stream(
+        self, base_url: str, path: str, body: bytes, headers: Mapping[str, str] = _JSON_HEADERS
+    ) -> UpstreamReply | EventStream:
+        call = self._call(base_url, path, headers)
+        try:
+            opened = await super().open_stream(base_url, path, body, call.headers)
+        except GatewayError as exc:
+            call.failed(exc.code or "engine_error")
+            call.end()
+            raise
+        except BaseException:
+            call.end()
+            raise
+        if isinstance(opened, UpstreamReply):
+            call.end(opened.status)
+            return opened
+        return TracedEventStream(opened, call)
+
+
+class TracedEventStream(EventStream):
+    """An engine stream whose client span gets a ``first_token`` event and ends with the stream.
+
+    It wraps the stream it is given (delegating to it) rather than being built like one, so that
+    :class:`Upstream` opens streams the same way whether tracing is on or off.
+    """
+
+    def __init__(self, stream: EventStream, call: EngineCall) -> None:  # (no super().__init__: a wrapper)
+        self._stream = stream
+        self._engine_call = call
+
+    @property
+    def finished(self) -> bool:
+        """Whether the engine's ``[DONE]`` arrived."""
+        return self._stream.finished
+
+    @finished.setter
+    def finished(self, value: bool) -> None:
+        self._stream.finished = value
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        call = self._engine_call
+        events = cast("AsyncGenerator[bytes, None]", self._stream.__aiter__())
+        try:
+            async with contextlib.aclosing(events):
+                async for payload in events:
+                    if payload:
+                        call.first_token()
+                        yield payload
+                        break
+                    yield payload  # a keep-alive before the first event
+                async for payload in events:  # the rest: relayed as they are, nothing per event
+                    yield payload
+        except EngineError as exc:
+            call.failed(exc.code or "engine_error")
+            raise
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._engine_call.end(200)
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._engine_call.end(200)

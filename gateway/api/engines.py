@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 from litestar import Controller, Response, get, post
 
+from gateway.engine_usage import usage_fields
 from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.monitor import HealthMonitor
 from gateway.protocol import paths
 from gateway.services.engine_control import EngineControl
 
@@ -28,9 +30,15 @@ class EnginesController(Controller):
     path = paths.ADMIN_ENGINES
 
     @get()
-    async def list_engines(self, engines: EngineControl | None) -> Response[bytes]:
-        """Every engine with state, pid, uptime, restarts, in-flight requests."""
-        return _json({"object": "list", "data": _need(engines).describe()})
+    async def list_engines(self, engines: EngineControl | None, monitor: HealthMonitor) -> Response[bytes]:
+        """Every engine with state, pid, uptime, restarts, in-flight requests, and its usage as last
+        sampled (:mod:`gateway.engine_usage`: CPU, memory, GPU, what the engine reports)."""
+        rows = _need(engines).describe()
+        reported = {f.url: f.engine for f in monitor.engine_figures()}
+        for row in rows:
+            if "url" in row:  # an engine that is not routed to yet (starting) has its usage too
+                row.update(usage_fields(monitor.local_usage(row["url"]), reported.get(row["url"])))
+        return _json({"object": "list", "data": rows})
 
     @post("/{name:str}/{action:str}", status_code=200)
     async def act(self, name: str, action: str, engines: EngineControl | None) -> Response[bytes]:

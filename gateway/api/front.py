@@ -41,6 +41,7 @@ from gateway.services.limiter import Admission, Limiter
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
+    from gateway.tracing import Tracing
 HotHandler = Callable[["Scope", "Receive", "Send", RequestRecord], Awaitable[None]]
 """A hot route: the ASGI triple plus the request's record."""
 
@@ -103,6 +104,15 @@ def _served_headers(record: RequestRecord, message: Message) -> None:
     message["headers"] = headers
 
 
+def _span_of(
+    scope: Scope, record: RequestRecord
+) -> tuple[str, list[tuple[bytes, bytes]], dict[str, str | int | bool]]:
+    """The name, headers and first attributes of a request's span (tracing on only)."""
+    method = scope["method"]
+    attributes = {"http.request.method": method, "http.route": record.route, "url.path": scope["path"]}
+    return f"{method} {record.route}", scope["headers"], attributes
+
+
 class FrontDoor:
     """The ASGI app served by uvicorn: ``hot`` routes by path, ``app`` (Litestar) for the rest."""
 
@@ -115,6 +125,7 @@ class FrontDoor:
         keys: KeyRing | None = None,
         max_header_bytes: int = 32 * 1024,
         limiter: Limiter | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
         self._hot = dict(hot)
@@ -123,6 +134,7 @@ class FrontDoor:
         self._keys = keys if keys is not None else KeyRing()
         self._max_header_bytes = max_header_bytes
         self._limiter = limiter if limiter is not None else Limiter(60.0, metrics)
+        self._tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _header_bytes(scope) > self._max_header_bytes:
@@ -137,6 +149,7 @@ class FrontDoor:
             await self.app(scope, receive, send)  # lifespan, probes and scrapes: no record, no log line
             return
         record = RequestRecord(request_id=_request_id(scope), route=endpoint_of(scope["path"]))
+        traced = None if self._tracing is None else self._tracing.request(*_span_of(scope, record))
         rate_headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] = ()
         admitted: tuple[Principal, Admission] | None = None  # counted in by the limiter: out at the end
 
@@ -180,6 +193,8 @@ class FrontDoor:
             self._metrics.finish(record)
             if self._log:
                 log_request(_log, record)
+            if traced is not None:
+                traced.end(record)
             structlog.contextvars.reset_contextvars(**bound)
 
     def _admit(self, scope: Scope, record: RequestRecord) -> Principal | None:

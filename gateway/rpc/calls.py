@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
 import structlog
@@ -20,6 +20,9 @@ from gateway.metrics import Metrics
 from gateway.record import RequestRecord
 from gateway.rpc.status import status_of
 from gateway.services.limiter import Admission, Limiter
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 Context: TypeAlias = "grpc.aio.ServicerContext[object, object]"
 _NO_KEY = "Missing or invalid API key. Send it as metadata 'authorization: Bearer KEY'."
@@ -51,11 +54,19 @@ def _served(record: RequestRecord) -> list[tuple[str, str]]:
 class Calls:
     """Opens every call of the gRPC door (see :meth:`call`)."""
 
-    def __init__(self, keys: KeyRing, limiter: Limiter, metrics: Metrics, log_requests: bool) -> None:
+    def __init__(
+        self,
+        keys: KeyRing,
+        limiter: Limiter,
+        metrics: Metrics,
+        log_requests: bool,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._keys = keys
         self._limiter = limiter
         self._metrics = metrics
         self._log = log_requests
+        self._tracing = tracing
 
     @contextlib.asynccontextmanager
     async def call(
@@ -66,6 +77,11 @@ class Calls:
         logs and names what served it (trailing metadata) however it ends."""
         metadata = _metadata(context)
         record = RequestRecord(request_id=_request_id(metadata), route=route)
+        traced = (
+            None
+            if self._tracing is None
+            else self._tracing.request(f"gRPC {route}", metadata, {"rpc.system": "grpc", "http.route": route})
+        )
         admitted: tuple[Principal, Admission] | None = None
         bound = structlog.contextvars.bind_contextvars(request_id=record.request_id)
         try:
@@ -107,6 +123,8 @@ class Calls:
             self._metrics.finish(record)
             if self._log:
                 log_request(_log, record)
+            if traced is not None:
+                traced.end(record)
             structlog.contextvars.reset_contextvars(**bound)
 
 

@@ -17,6 +17,7 @@ from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.rpc.server import GrpcServer
+    from gateway.tracing import Tracing
 
 
 def grpc_door(
@@ -28,6 +29,7 @@ def grpc_door(
     chat: ChatService,
     embeddings: EmbeddingsService,
     router: Router,
+    tracing: Tracing | None = None,
 ) -> GrpcServer:
     """The gRPC server on ``server.host:server.grpc_port``, sharing the HTTP API's keys, limits,
     metrics and services; it follows ``drain`` (health NOT_SERVING when it begins; open calls may
@@ -42,7 +44,7 @@ def grpc_door(
         ) from None
     server = settings.server
     assert server.grpc_port is not None
-    calls = Calls(keys, limiter, metrics, settings.log.access)
+    calls = Calls(keys, limiter, metrics, settings.log.access, tracing)
     servicer = OffloadServicer(calls, chat, embeddings, router, settings.upstream.keepalive_interval)
     return GrpcServer(
         servicer, server.host, server.grpc_port, drain, (server.drain_grace, server.drain_timeout)

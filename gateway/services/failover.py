@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.config import Task
 from gateway.errors import (
@@ -22,6 +22,9 @@ from gateway.routing.table import Replica, Route, Version
 from gateway.routing.versions import Choice
 from gateway.services.leases import Leases
 from gateway.services.on_demand import OnDemand
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -63,6 +66,7 @@ class Failover:
         on_demand: OnDemand | None,
         max_retries: int,
         deadline: float,
+        tracing: Tracing | None = None,
     ) -> None:
         self._router = router
         self._leases = leases
@@ -70,6 +74,7 @@ class Failover:
         self._on_demand = on_demand
         self._max_retries = max_retries
         self._deadline = deadline
+        self._tracing = tracing
 
     def needs_start(self, route: Route, version: Version) -> bool:
         """True when the request must first wait for an on-demand engine to load."""
@@ -116,7 +121,10 @@ class Failover:
                 raise
             try:
                 with self._leases.calling(pick.replica):
-                    return await attempt(pick.replica), pick.version
+                    if self._tracing is None:
+                        return await attempt(pick.replica), pick.version
+                    with self._tracing.attempt(pick.replica.id):  # names the replica on the engine span
+                        return await attempt(pick.replica), pick.version
             except GatewayError as exc:
                 if not retryable(exc) or len(tried) >= self._max_retries or time.perf_counter() >= deadline:
                     raise

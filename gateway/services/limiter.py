@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -19,12 +20,14 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.config import OffloadConfig
+from gateway.errors import RateLimitError
 from gateway.keys import Principal
 from gateway.metrics import Metrics
 from gateway.services.quotas import Quotas, limited, ratelimit_headers
 
 _log = structlog.get_logger("offload.limits")
 _RETRY_REDIS = 5.0  # seconds on local counters before Redis is tried again
+_LIMIT, _REMAINING = b"x-ratelimit-limit-", b"x-ratelimit-remaining-"
 
 # KEYS: the key's request times (zset), token buckets by second (hash), requests in flight (string).
 # ARGV: window ms, rpm, tpm, max_concurrent (0: none), a unique member for this request.
@@ -180,6 +183,29 @@ class Limiter:
 
     async def admit(self, principal: Principal) -> Admission:
         """Count a request of ``principal`` in, or raise :class:`RateLimitError`."""
+        try:
+            admission = await self._admit(principal)
+        except RateLimitError as exc:
+            self._record_budget(principal.name, exc.rate_headers)
+            raise
+        self._record_budget(principal.name, admission.headers)
+        return admission
+
+    def _record_budget(self, key: str, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """``offload_key_limit_remaining_ratio`` from the x-ratelimit headers just computed: both
+        counters (Redis and local) give them, so the gauge says what the key was told."""
+        limits: dict[bytes, int] = {}
+        remaining: dict[bytes, int] = {}
+        for name, value in headers:
+            if name.startswith(_LIMIT):
+                limits[name[len(_LIMIT) :]] = int(value)
+            elif name.startswith(_REMAINING):
+                remaining[name[len(_REMAINING) :]] = int(value)
+        for kind, limit in limits.items():
+            ratio = remaining.get(kind, 0) / limit
+            self._metrics.child(self._metrics.key_budget, key, kind.decode()).set(ratio)
+
+    async def _admit(self, principal: Principal) -> Admission:
         redis = self._redis
         if redis is not None and time.monotonic() >= self._retry_at:
             try:

@@ -51,7 +51,7 @@ def test_compose_file_parses_into_typed_models(spec: compose_spec.ComposeSpecifi
         "chat-v1-cpu",
         "chat-v2-cpu",
         "embeddings-cpu",
-    }
+    } | {"prometheus", "grafana"}
 
 
 def test_compose_parser_rejects_a_misspelt_key() -> None:

@@ -26,7 +26,7 @@ Manifest = dict[str, Any]
 ROOT = K8S.parents[1]
 # The oldest Kubernetes release still commonly run, and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.30", "1.37")
-ENGINES = {"chat-v1", "chat-v2", "embeddings"}
+ENGINES = {"chat-v1", "chat-v2", "embeddings-v1"}  # NAME-VERSION, one per line of deploy/models.yaml
 
 
 def of_kind(manifests: list[Manifest], kind: str) -> list[Manifest]:
@@ -154,7 +154,7 @@ def test_engine_environment_is_a_valid_entrypoint_spec(rendered: list[Manifest],
 
     assert spec["SERVED_NAME"] == name
     assert spec["PORT"] == next(p["containerPort"] for p in vllm["ports"] if p["name"] == "http")
-    assert spec["TASK"] == ("embeddings" if name == "embeddings" else "chat")
+    assert spec["TASK"] == ("embeddings" if name.startswith("embeddings") else "chat")
 
 
 @pytest.mark.parametrize("name", sorted(ENGINES))
