@@ -204,17 +204,24 @@ def run(settings: Settings, config: OffloadConfig) -> int:
         _shutdown(supervisor)
         return 130
     try:
-        print(
-            f"offload: gateway on http://{settings.server.host}:{settings.server.port}/v1 "
-            "(Ctrl-C stops it and its engines)",
-            flush=True,
-        )
+        print(f"offload: gateway on {_doors(settings)} (Ctrl-C stops it and its engines)", flush=True)
         serve(settings, config, LocalEngineControl(supervisor))
     except StopRequested:
         pass  # the gateway has drained; now the engines
     finally:
         _shutdown(supervisor)
     return 0
+
+
+def _doors(settings: Settings) -> str:
+    """Where the gateway answers: its HTTP URL, Unix socket and gRPC port, as configured."""
+    server = settings.server
+    doors = [f"http://{server.host}:{server.port}/v1"] if server.tcp else []
+    if server.uds is not None:
+        doors.append(f"unix:{server.uds}")
+    if server.grpc_port is not None:
+        doors.append(f"grpc://{server.host}:{server.grpc_port}")
+    return ", ".join(doors)
 
 
 def _shutdown(supervisor: Supervisor) -> None:

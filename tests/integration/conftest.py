@@ -31,6 +31,22 @@ class Engines:
     def url(self, name: str) -> str:
         return self.by_name[name].spec.base_url
 
+    def canary_models(self) -> list[dict]:
+        """SmolLM2 as the canary of deploy/examples/canary.yaml (v1 90% and v2 10% on the session's
+        two SmolLM2 engines, aliases ``stable`` and ``latest``) and ``minilm``."""
+        return [
+            {
+                "name": CHAT,
+                "task": "chat",
+                "versions": {
+                    "v1": {"weight": 90, "engines": [{"url": self.url(CHAT)}]},
+                    "v2": {"weight": 10, "engines": [{"url": self.url(CHAT_V2)}]},
+                },
+                "aliases": {"stable": "v1", "latest": "v2"},
+            },
+            {"name": EMBED, "task": "embeddings", "engine": {"url": self.url(EMBED)}},
+        ]
+
     def gateway_models(self) -> list[dict]:
         """Config entries routing to these engines by URL (the gateway does not own them)."""
         return [

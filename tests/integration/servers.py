@@ -135,15 +135,25 @@ class GatewayProcess:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready: bool = True) -> GatewayProcess:
+    @property
+    def argv(self) -> list[str]:
+        """The command line of ``offload serve`` for this gateway."""
+        return [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)]
+
+    def run_to_exit(self, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the gateway expecting it to refuse to start: its exit status and output."""
+        return subprocess.run(
+            self.argv, cwd=ROOT, env=self._env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def start(self, ready: bool = True, tcp: bool = True) -> GatewayProcess:
+        """Start it; wait for /health (and /ready when ``ready``) unless it serves no TCP."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
-                cwd=ROOT,
-                env=self._env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                self.argv, cwd=ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT
             )
+        if not tcp:
+            return self
         wait_until(self._answers, 30, what="gateway /health")
         if ready:
             wait_until(
@@ -214,15 +224,24 @@ class GatewayProcess:
 class OffloadRun:
     """`python -m gateway run` as a child process."""
 
-    def __init__(self, tmp: Path, models: list[dict]) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        models: list[dict],
+        launcher: tuple[str, ...] = ("-m", "gateway"),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``launcher``: what follows the interpreter on the command line (``-c CODE`` runs a
+        patched ``offload``); ``env``: settings over the defaults below."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         config = tmp / "offload.yaml"
         config.write_text(yaml.safe_dump({"models": models}))
         self.out = tmp / "run.log"
+        argv = [sys.executable, *launcher, "run", "--config", str(config), "--port", str(self.port)]
         with self.out.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--config", str(config), "--port", str(self.port)],
+                argv,
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -233,6 +252,7 @@ class OffloadRun:
                     "OFFLOAD_HEALTH__COOLDOWN": "0.5",
                     "OFFLOAD_LOG__FORMAT": "json",
                     "OFFLOAD_SERVER__DRAIN_GRACE": "0",
+                    **(env or {}),
                 },
             )
 

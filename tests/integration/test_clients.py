@@ -31,7 +31,7 @@ import pytest
 import yaml
 from openai import AsyncOpenAI, OpenAI
 
-from tests.integration.conftest import CHAT, CHAT_V2, EMBED, Engines
+from tests.integration.conftest import CHAT, EMBED, Engines
 from tests.integration.servers import ROOT, GatewayProcess
 
 CLIENTS = ROOT / "tests" / "clients"
@@ -327,19 +327,7 @@ def readme_gateway(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -
     """A gateway shaped like the README's examples: SmolLM2 as the canary of deploy/examples/canary.yaml
     (``smollm2`` v1 90% and v2 10%, aliases ``stable`` and ``latest``, on the session's two SmolLM2
     engines) and ``minilm``, keyless."""
-    models = [
-        {
-            "name": CHAT,
-            "task": "chat",
-            "versions": {
-                "v1": {"weight": 90, "engines": [{"url": engines.url(CHAT)}]},
-                "v2": {"weight": 10, "engines": [{"url": engines.url(CHAT_V2)}]},
-            },
-            "aliases": {"stable": "v1", "latest": "v2"},
-        },
-        {"name": EMBED, "task": "embeddings", "engine": {"url": engines.url(EMBED)}},
-    ]
-    gw = GatewayProcess(tmp_path_factory.mktemp("readme-gateway"), models).start()
+    gw = GatewayProcess(tmp_path_factory.mktemp("readme-gateway"), engines.canary_models()).start()
     yield gw
     gw.stop()
 

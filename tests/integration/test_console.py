@@ -16,7 +16,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tests.integration.conftest import CHAT, CHAT_V2, EMBED, Engines
+from tests.integration.conftest import CHAT, EMBED, Engines
 from tests.integration.servers import ROOT, GatewayProcess, eventually
 
 OFFLOAD = Path(sys.executable).parent / "offload"  # .venv/bin/offload, installed with the package
@@ -60,19 +60,7 @@ def test_models_shows_each_model_ready_with_its_replica_up(gateway: GatewayProce
 @pytest.fixture(scope="module")
 def canary(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """SmolLM2 as two versions (90/10, aliases stable and latest) on the session's two SmolLM2 engines."""
-    models = [
-        {
-            "name": CHAT,
-            "task": "chat",
-            "versions": {
-                "v1": {"weight": 90, "engines": [{"url": engines.url(CHAT)}]},
-                "v2": {"weight": 10, "engines": [{"url": engines.url(CHAT_V2)}]},
-            },
-            "aliases": {"stable": "v1", "latest": "v2"},
-        },
-        {"name": EMBED, "task": "embeddings", "engine": {"url": engines.url(EMBED)}},
-    ]
-    gw = GatewayProcess(tmp_path_factory.mktemp("console-canary"), models).start()
+    gw = GatewayProcess(tmp_path_factory.mktemp("console-canary"), engines.canary_models()).start()
     yield gw
     gw.stop()
 

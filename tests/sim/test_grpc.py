@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from engines.sim import Knobs, SimConfig
 from gateway.keys import hash_key
 from gateway.rpc.generated import offload_pb2 as pb
 from gateway.rpc.generated import offload_pb2_grpc as pb_grpc
-from tests.integration.servers import ROOT, GatewayProcess, free_port, wait_until
+from tests.integration.servers import GatewayProcess, free_port, wait_until
 from tests.sim.conftest import RunningSim
 
 KEY, LIMITED = "ofl-grpc-test-key", "ofl-grpc-limited-key"
@@ -285,14 +283,7 @@ def test_a_grpc_port_in_use_is_refused_in_words(sim: RunningSim, tmp_path: Path)
         taken.listen()
         port = taken.getsockname()[1]
         gw = GatewayProcess(tmp_path, _models(sim), {"OFFLOAD_SERVER__GRPC_PORT": str(port)})
-        done = subprocess.run(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(gw.port)],
-            cwd=ROOT,
-            env=gw._env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = gw.run_to_exit()
     assert done.returncode == 1
     assert f"offload: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "Traceback" not in done.stderr

@@ -6,17 +6,13 @@ on every run of the fast tests."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.integration.rollout import roll_out_under_load, versions
-from tests.integration.servers import ROOT, OffloadRun, free_port
+from tests.integration.servers import OffloadRun, free_port
 
 # `offload run`, with each engine's command line swapped for the simulator's.
 LAUNCH = """
@@ -38,26 +34,8 @@ class SimulatedRun(OffloadRun):
     another run's engines)."""
 
     def __init__(self, tmp: Path, models: list[dict[str, object]]) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        config = tmp / "offload.yaml"
-        config.write_text(yaml.safe_dump({"models": models}))
-        self.out = tmp / "run.log"
-        with self.out.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", LAUNCH, "run", "--config", str(config), "--port", str(self.port)],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={
-                    **os.environ,
-                    "OFFLOAD_DATA_DIR": str(tmp / "data"),
-                    "OFFLOAD_HEALTH__PROBE_INTERVAL": "0.2",
-                    "OFFLOAD_HEALTH__COOLDOWN": "0.5",
-                    "OFFLOAD_LOG__FORMAT": "json",
-                    "OFFLOAD_SERVER__DRAIN_GRACE": "0",
-                },
-            )
+        env = {"OFFLOAD_DATA_DIR": str(tmp / "data"), "OFFLOAD_HEALTH__PROBE_INTERVAL": "0.2"}
+        super().__init__(tmp, models, launcher=("-c", LAUNCH), env=env)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 import signal
 import socket
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 from gateway.config import OffloadConfig
 from gateway.main import exposure_problem
 from gateway.settings import ServerSettings, Settings
-from tests.integration.servers import ROOT, GatewayProcess, wait_until
+from tests.integration.servers import GatewayProcess, wait_until
 from tests.sim.conftest import RunningSim
 
 
@@ -114,15 +112,7 @@ def test_the_socket_alone_and_a_stale_socket_file_replaced(
     gw = GatewayProcess(
         tmp_path, models(sim), {"OFFLOAD_SERVER__UDS": str(sock_path), "OFFLOAD_SERVER__TCP": "false"}
     )
-    assert gw.proc is None
-    with gw.log_path.open("ab") as log:
-        gw.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(gw.port)],
-            cwd=ROOT,
-            env=gw._env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    gw.start(tcp=False)
     try:
         wait_until(lambda: answers(sock_path), 30, what="the gateway on its socket")
         assert sdk(sock_path).models.list().data[0].id == "chat"
@@ -135,14 +125,7 @@ def test_the_socket_alone_and_a_stale_socket_file_replaced(
 
 def _serve_fails(sim: RunningSim, tmp_path: Path, sock_path: Path) -> str:
     gw = GatewayProcess(tmp_path, models(sim), {"OFFLOAD_SERVER__UDS": str(sock_path)})
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(gw.port)],
-        cwd=ROOT,
-        env=gw._env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = gw.run_to_exit()
     assert done.returncode != 0
     return done.stderr
 

@@ -253,3 +253,14 @@ def test_a_keys_weight_and_own_caps_reach_its_principal() -> None:
     assert (small.weight, small.caps) == (1.0, None)
     with pytest.raises(ConfigError, match="weight"):
         parse_config(MODELS + f"auth:\n  keys:\n    - {{name: z, hash: '{hash_key('z')}', weight: 0}}\n")
+
+
+def test_the_start_up_line_names_every_door() -> None:
+    from gateway.main import _doors
+
+    plain = Settings(server=ServerSettings(port=8000))
+    assert _doors(plain) == "http://127.0.0.1:8000/v1"
+    both = Settings(server=ServerSettings(port=8000, uds=Path("/run/o.sock"), grpc_port=50051))
+    assert _doors(both) == "http://127.0.0.1:8000/v1, unix:/run/o.sock, grpc://127.0.0.1:50051"
+    socket_only = Settings(server=ServerSettings(tcp=False, uds=Path("/run/o.sock")))
+    assert _doors(socket_only) == "unix:/run/o.sock"
