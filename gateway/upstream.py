@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import aiohttp
 import yarl
@@ -31,6 +31,7 @@ _DONE = b"[DONE]"
 _DRAIN_TIMEOUT = 1.0
 _MAX_URLS = 1024
 _SIDE_CONNECTIONS = 64  # probes and scrapes: one or two per replica at a time
+T = TypeVar("T")
 MAX_EVENT_BYTES = 32 * 1024 * 1024
 """The longest SSE event an engine may send (``OFFLOAD_UPSTREAM__MAX_EVENT_BYTES``)."""
 KEEPALIVE = b""
@@ -312,6 +313,19 @@ class Upstream:
             return ProbeResult.FAILED
 
 
+async def _ended_on_failure(call: EngineCall, opening: Awaitable[T]) -> T:
+    """Await an engine call; if it fails, end its span (an error, unless cancelled: the client left)."""
+    try:
+        return await opening
+    except GatewayError as exc:
+        call.failed(exc.code or "engine_error")
+        call.end()
+        raise
+    except BaseException:
+        call.end()
+        raise
+
+
 class TracedUpstream(Upstream):
     """:class:`Upstream` with a client span per engine call, its trace context sent to the engine
     (:mod:`gateway.tracing`). Built instead of a plain one when tracing is on, so that a gateway
@@ -329,15 +343,7 @@ class TracedUpstream(Upstream):
         self, base_url: str, path: str, body: bytes, headers: Mapping[str, str] = _JSON_HEADERS
     ) -> UpstreamReply:
         call = self._call(base_url, path, headers)
-        try:
-            reply = await super().post_json(base_url, path, body, call.headers)
-        except GatewayError as exc:
-            call.failed(exc.code or "engine_error")
-            call.end()
-            raise
-        except BaseException:  # cancelled: the client left
-            call.end()
-            raise
+        reply = await _ended_on_failure(call, super().post_json(base_url, path, body, call.headers))
         call.end(reply.status)
         return reply
 
@@ -345,15 +351,7 @@ class TracedUpstream(Upstream):
         self, base_url: str, path: str, body: bytes, headers: Mapping[str, str] = _JSON_HEADERS
     ) -> UpstreamReply | EventStream:
         call = self._call(base_url, path, headers)
-        try:
-            opened = await super().open_stream(base_url, path, body, call.headers)
-        except GatewayError as exc:
-            call.failed(exc.code or "engine_error")
-            call.end()
-            raise
-        except BaseException:
-            call.end()
-            raise
+        opened = await _ended_on_failure(call, super().open_stream(base_url, path, body, call.headers))
         if isinstance(opened, UpstreamReply):
             call.end(opened.status)
             return opened

@@ -7,13 +7,25 @@ exactly as they do HTTP's; answers and chunks are read back from the engine's JS
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from gateway.errors import InvalidRequestError
 from gateway.protocol.models import ModelCard
 from gateway.rpc.generated import offload_pb2 as pb
+
+# The chat request's optional scalar fields, named as in OpenAI's request.
+_OPTIONAL_FIELDS: Final = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
+)
 
 
 def _extra(extra_json: str) -> dict[str, Any]:
@@ -40,22 +52,9 @@ def chat_body(request: pb.ChatRequest, stream: bool) -> bytes:
     data["model"] = request.model
     data["messages"] = messages
     data["stream"] = stream
-    if request.HasField("max_tokens"):
-        data["max_tokens"] = request.max_tokens
-    if request.HasField("temperature"):
-        data["temperature"] = request.temperature
-    if request.HasField("top_p"):
-        data["top_p"] = request.top_p
-    if request.HasField("seed"):
-        data["seed"] = request.seed
-    if request.HasField("n"):
-        data["n"] = request.n
-    if request.HasField("presence_penalty"):
-        data["presence_penalty"] = request.presence_penalty
-    if request.HasField("frequency_penalty"):
-        data["frequency_penalty"] = request.frequency_penalty
-    if request.HasField("user"):
-        data["user"] = request.user
+    for name in _OPTIONAL_FIELDS:  # sent only when the caller set them, as an OpenAI client does
+        if request.HasField(name):
+            data[name] = getattr(request, name)
     if request.stop:
         data["stop"] = list(request.stop)
     if stream and request.include_usage:
