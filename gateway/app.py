@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import cast
 
 from litestar import Litestar
@@ -50,6 +51,7 @@ from gateway.services.shadow import ShadowSender
 from gateway.settings import Settings
 from gateway.tracing import Tracing, start_tracing
 from gateway.upstream import TracedUpstream, Upstream
+from gateway.worker_metrics import WorkerPeers
 
 
 def _const(value: object) -> Provide:
@@ -141,6 +143,17 @@ class _Background:
             await limiter.close()
 
 
+def _closed_at_exit(peers: WorkerPeers) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await peers.close()
+
+    return lifespan
+
+
 def create_app(
     settings: Settings,
     config: OffloadConfig | None = None,
@@ -148,6 +161,7 @@ def create_app(
     upstream: Upstream | None = None,
     drain: Drain | None = None,
     tracing: Tracing | None = None,
+    peers: WorkerPeers | None = None,
 ) -> FrontDoor:
     """Build the gateway for ``config`` (default: the file named by ``settings.config``): the ASGI
     app to serve, a :class:`FrontDoor` in front of the Litestar app.
@@ -157,6 +171,7 @@ def create_app(
     use instead of a new one (``benchmarks/own_cost.py`` measures the gateway with engines replaced).
     ``drain``: the shutdown state the server drives on SIGTERM (:mod:`gateway.drain`).
     ``tracing``: spans to make instead of those ``settings.tracing`` asks for (tests: in memory).
+    ``peers``: the other workers of this gateway (gateway/workers.py), whose figures ``/metrics`` adds.
     """
     drain = drain or Drain()
     if config is None:
@@ -197,7 +212,7 @@ def create_app(
         Resumer(router, upstream, leases, metrics, up.max_resumes, up.request_timeout),
     )
     embeddings = EmbeddingsService(router, failover, upstream, metrics, caps, admission)
-    lifespans = [background.lifespan]
+    lifespans: list[Callable[[Litestar], AbstractAsyncContextManager[None]]] = [background.lifespan]
     if tracing is not None:
         lifespans.insert(0, tracing.lifespan)  # ended last: spans of the shutdown itself are exported
     if settings.server.grpc_port is not None:  # the gRPC door: imported only when opened
@@ -207,6 +222,8 @@ def create_app(
             grpc_door(settings, drain, keys, limiter, metrics, chat, embeddings, router, tracing).lifespan
         )
 
+    if peers is not None:
+        lifespans.append(_closed_at_exit(peers))
     app = Litestar(
         route_handlers=[ModelsController, OpsController, EnginesController, *page_routes()],
         dependencies={
@@ -217,6 +234,7 @@ def create_app(
             "monitor": _const(monitor),
             "started_at": _const(int(time.time())),
             "drain": _const(drain),
+            "peers": _const(peers),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespans,

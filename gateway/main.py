@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from gateway.config import ConfigError, KeyConfig, OffloadConfig, load_config
 from gateway.logging import configure_logging
 from gateway.serving import DrainingServer, ListenError, RequestHeadGuard, bind_tcp, listeners
-from gateway.settings import Settings
+from gateway.settings import ServerSettings, Settings
+from gateway.workers import WorkerPool, WorkerSlot, stop_with_parent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from gateway.api.front import FrontDoor
     from gateway.drain import Drain
     from gateway.services.engine_control import EngineControl
+    from gateway.worker_metrics import WorkerPeers
 
 
 _log = structlog.get_logger("offload.main")
@@ -58,11 +60,12 @@ def create_app_checked(
     config: OffloadConfig,
     engines: EngineControl | None = None,
     drain: Drain | None = None,
+    peers: WorkerPeers | None = None,
 ) -> FrontDoor:
     """The app, imported late so ``offload prepare`` stays light."""
     from gateway.app import create_app
 
-    return create_app(settings, config, engines, drain=drain)
+    return create_app(settings, config, engines, drain=drain, peers=peers)
 
 
 def serve(settings: Settings, config: OffloadConfig, engines: EngineControl | None = None) -> None:
@@ -74,13 +77,30 @@ def serve(settings: Settings, config: OffloadConfig, engines: EngineControl | No
     from gateway.drain import Drain
 
     server = settings.server
+    slot = WorkerSlot.from_env()
+    if slot is not None:  # one of several workers (gateway/workers.py): its sockets are inherited
+        from gateway.worker_metrics import WorkerPeers
+
+        stop_with_parent()
+        _serve_on(slot.sockets(), settings, config, engines, Drain(), WorkerPeers(slot.peers))
+        return
     try:
         if server.grpc_port is not None:  # gRPC binds it at startup: a port in use is refused here, in words
             bind_tcp(server.host, server.grpc_port).close()
+        workers = server.worker_count()
+        if workers > 1:
+            raise SystemExit(WorkerPool(settings, workers).run())
         with listeners(server.host, server.port if server.tcp else None, server.uds) as sockets:
             _serve_on(sockets, settings, config, engines, Drain())
     except ListenError as exc:
         raise SystemExit(f"offload: {exc}") from None
+
+
+_RUN_WORKERS = (
+    "`offload run` serves with one worker: its engines are supervised by the gateway process. For "
+    "several workers, run the engines apart (compose, Kubernetes) and the gateway with "
+    "`offload serve --workers N`."
+)
 
 
 def _serve_on(
@@ -89,8 +109,9 @@ def _serve_on(
     config: OffloadConfig,
     engines: EngineControl | None,
     drain: Drain,
+    peers: WorkerPeers | None = None,
 ) -> None:
-    app = served_app(settings, create_app_checked(settings, config, engines, drain))
+    app = served_app(settings, create_app_checked(settings, config, engines, drain, peers))
     # Everything built so far lives as long as the process: keep it out of the garbage collector's
     # full passes (fewer objects to walk while serving), and collect the young generation less often
     # (a request allocates thousands of short-lived objects; the default 700 ran it several times each).
@@ -352,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="configuration file (default: $OFFLOAD_CONFIG)")
     parser.add_argument("--host", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (default 8000)")
+    parser.add_argument(
+        "--workers", help="with `serve`: gateway processes on the port, a number or auto (default 1)"
+    )
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -361,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
         settings.server.host = args.host
     if args.port is not None:
         settings.server.port = args.port
+    if args.workers is not None:
+        try:
+            settings.server.workers = ServerSettings.model_validate({"workers": args.workers}).workers
+        except ValidationError:
+            print(f"offload: --workers {args.workers}: a number from 1 to 256, or auto", file=sys.stderr)
+            return 2
     configure_logging(settings.log)
     if args.command == "engines":
         return engines_cli(args, settings)
@@ -372,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"offload: {exc}", file=sys.stderr)
         return 2
 
+    if args.command == "run" and settings.server.worker_count() > 1:
+        print(f"offload: {_RUN_WORKERS}", file=sys.stderr)
+        return 2
     if args.command in ("run", "serve"):
         problem = exposure_problem(settings, config)
         if problem is not None:

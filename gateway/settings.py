@@ -6,9 +6,10 @@ is not here but in the configuration file (:mod:`gateway.config`), selected by `
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,15 @@ class ServerSettings(BaseModel):
     # The gRPC door (gateway/rpc, off by default): the same services on this port, bound on `host`
     # like HTTP (so the keyless-exposure rule applies to it the same way).
     grpc_port: int | None = Field(default=None, ge=1, le=65535)
+    # Gateway processes serving the same port and socket (gateway/workers.py): a number, or "auto" for
+    # the CPU cores this process may run on. One process relays on one core; a GPU node's engines
+    # emit more tokens than one core relays. Each worker routes, probes and limits on its own;
+    # /metrics answers with the totals of all.
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
+
+    def worker_count(self) -> int:
+        """``workers`` as a number: "auto" is the cores this process may run on."""
+        return len(os.sched_getaffinity(0)) if self.workers == "auto" else self.workers
 
     @field_validator("cors_origins")
     @classmethod

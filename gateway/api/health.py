@@ -15,6 +15,7 @@ from gateway.protocol import paths
 from gateway.routing.breaker import Breakers
 from gateway.routing.router import Router
 from gateway.services.engine_control import EngineControl
+from gateway.worker_metrics import WORKER_SCOPE, WorkerPeers
 
 
 class OpsController(Controller):
@@ -58,9 +59,17 @@ class OpsController(Controller):
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
     @get(paths.METRICS)
-    async def metrics(self, metrics: Metrics) -> Response[bytes]:
-        """Prometheus text exposition."""
-        return Response(metrics.render(), media_type=metrics_module.CONTENT_TYPE)
+    async def metrics(
+        self,
+        metrics: Metrics,
+        peers: WorkerPeers | None,
+        worker_scope: str | None = Parameter(query="scope", default=None),
+    ) -> Response[bytes]:
+        """Prometheus text exposition: with several workers, the totals of all of them
+        (``?scope=worker``: only the figures of the worker that answers)."""
+        own = metrics.render()
+        body = own if peers is None or worker_scope == WORKER_SCOPE else await peers.totals(own)
+        return Response(body, media_type=metrics_module.CONTENT_TYPE)
 
     @get(paths.SCHEMA)
     async def schema(self) -> Response[bytes]:

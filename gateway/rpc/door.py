@@ -47,5 +47,10 @@ def grpc_door(
     calls = Calls(keys, limiter, metrics, settings.log.access, tracing)
     servicer = OffloadServicer(calls, chat, embeddings, router, settings.upstream.keepalive_interval)
     return GrpcServer(
-        servicer, server.host, server.grpc_port, drain, (server.drain_grace, server.drain_timeout)
+        servicer,
+        server.host,
+        server.grpc_port,
+        drain,
+        (server.drain_grace, server.drain_timeout),
+        shared_port=server.worker_count() > 1,
     )

@@ -30,13 +30,21 @@ class GrpcServer:
     """The gRPC door on ``host:port``; :meth:`lifespan` runs it for as long as the app runs."""
 
     def __init__(
-        self, servicer: OffloadServicer, host: str, port: int, drain: Drain, drain_s: tuple[float, float]
+        self,
+        servicer: OffloadServicer,
+        host: str,
+        port: int,
+        drain: Drain,
+        drain_s: tuple[float, float],
+        shared_port: bool = False,
     ) -> None:
-        """``drain_s``: the drain's grace and timeout (``server.drain_grace``, ``server.drain_timeout``)."""
+        """``drain_s``: the drain's grace and timeout (``server.drain_grace``, ``server.drain_timeout``);
+        ``shared_port``: other workers of this gateway listen on the port too."""
         self._servicer = servicer
         self._drain = drain
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._drain_s = drain_s
+        self._shared_port = shared_port
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Any) -> AsyncIterator[None]:
@@ -48,7 +56,9 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.so_reuseport", 0),  # a port in use is an error, not a second listener
+                # A port in use is an error, not a second listener; except between the workers of one
+                # gateway (gateway/workers.py), which all serve it (the first checked it was free).
+                ("grpc.so_reuseport", int(self._shared_port)),
             ]
         )
         pb_grpc.add_OffloadServicer_to_server(self._servicer, server)

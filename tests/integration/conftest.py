@@ -40,7 +40,8 @@ class Engines:
                 "task": "chat",
                 "versions": {
                     "v1": {"weight": 90, "engines": [{"url": self.url(CHAT)}]},
-                    "v2": {"weight": 10, "engines": [{"url": self.url(CHAT_V2)}]},
+                    # The second engine serves its model as smollm2-v2: the name sent to it must say so.
+                    "v2": {"weight": 10, "engines": [{"url": self.url(CHAT_V2), "served_name": CHAT_V2}]},
                 },
                 "aliases": {"stable": "v1", "latest": "v2"},
             },
