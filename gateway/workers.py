@@ -115,7 +115,7 @@ class WorkerPool:
         self._stopping_since: float | None = None
 
     def run(self) -> int:
-        """Serve until SIGTERM or SIGINT has stopped every worker; 0 when all stopped on their own."""
+        """Serve until SIGTERM or SIGINT has stopped every worker; 0 when each stopped cleanly."""
         with self._bound() as env:
             wake_r, wake_w = os.pipe()
             os.set_blocking(wake_r, False)
@@ -204,8 +204,9 @@ class WorkerPool:
                 if process is not None and process.poll() is not None:
                     worker.process = None
                     if self._stopping_since is None:
-                        clean = False
                         self._schedule_restart(worker, process, now)
+                    elif process.returncode != 0:
+                        clean = False  # (killed past the drain, or failed while draining)
                 if (
                     self._stopping_since is None
                     and worker.restart_at is not None
