@@ -102,13 +102,25 @@ soak: $(STAMP) $(RPC)
 	$(PY) -m benchmarks.soak
 	$(PY) -m benchmarks.reliability
 
-## Side-by-side gateway overhead vs LiteLLM and vllm-router (peers installed on demand, ~25 min).
-bench: $(STAMP) $(RPC)
-	$(PY) -m benchmarks.overhead
+# granian (the server compared with uvicorn) is a benchmark tool only, installed on demand like py-spy.
+GRANIAN := $(VENV)/bin/granian
+$(GRANIAN): | $(STAMP)
+	$(PIP) install --quiet 'granian[uvloop]>=2.8,<3'
 
-## The same in under 5 minutes; ends with one line of key ratios.
-bench-quick: $(STAMP) $(RPC)
+## Side-by-side gateway overhead vs LiteLLM and vllm-router (peers installed on demand, ~25 min); relay
+## capacity with 1, 2 and auto workers (~5 min); uvicorn against granian (~3 min); prefix affinity on
+## simulators with a prefix cache (~1 min).
+bench: $(STAMP) $(RPC) $(GRANIAN)
+	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.capacity
+	$(PY) -m benchmarks.capacity_servers
+	$(PY) -m benchmarks.prefix_affinity --engine sim
+
+## The overhead comparison in under 5 minutes (ends with one line of key ratios), then uvicorn against
+## granian at low concurrency (~1 min).
+bench-quick: $(STAMP) $(RPC) $(GRANIAN)
 	$(PY) -m benchmarks.overhead --quick
+	$(PY) -m benchmarks.capacity_servers --quick
 
 ## Where Offload's CPU goes (py-spy under load; installs py-spy on demand), and its own code's share.
 bench-profile: $(STAMP) $(RPC)
@@ -116,7 +128,7 @@ bench-profile: $(STAMP) $(RPC)
 	$(PY) -m benchmarks.gateway_profile
 	$(PY) -m benchmarks.own_cost
 
-## Real vLLM CPU engines: direct vs through Offload, and prefix affinity vs round robin.
+## Real vLLM CPU engines: direct vs through Offload, and prefix affinity vs round robin and least outstanding.
 bench-engines: $(STAMP) $(RPC)
 	$(PY) -m benchmarks.real_engine
 	$(PY) -m benchmarks.prefix_affinity

@@ -9,6 +9,7 @@ loopback port; :meth:`Server.stop` ends that group and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -349,3 +350,23 @@ def router_server(peer: PeerInstall, workdir: Path, worker_url: str, tag: str) -
         "warning",
     ]
     return Server(f"vllm-router-{tag}", argv, port, "/health", workdir / f"vllm-router-{tag}.log")
+
+
+def stop_all(servers: Sequence[Server], timeout: float = 10.0) -> None:
+    """Stop several servers at once: SIGTERM to every group first, then wait for all together (a
+    gateway drains for its grace period: one after the other would add those up), SIGKILL after
+    ``timeout``."""
+    running = [s for s in servers if s.proc is not None and s.proc.poll() is None]
+    for server in running:
+        assert server.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for server in running:
+        assert server.proc is not None
+        try:
+            server.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(timeout=10)

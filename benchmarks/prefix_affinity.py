@@ -1,14 +1,25 @@
-"""Prefix affinity vs round robin over two real vLLM CPU replicas, side by side in one run.
+"""Prefix affinity against round robin and least outstanding, over two replicas, side by side in one run.
 
-    python -m benchmarks.prefix_affinity [--groups 8] [--per-group 4] [--prefix-words 900] [--rounds 2]
+    python -m benchmarks.prefix_affinity [--engine vllm|sim] [--groups 24] [--per-group 3]
+        [--prefix-words 600] [--cache-prefixes 16] [--rounds 2] [--concurrency 4]
 
-Starts two vLLM engines serving SmolLM2 (1 GiB of KV cache each, so that one replica cannot hold every
-group's prefix), then two gateways in front of both: one with ``policy: prefix_affinity``, one with
-``round_robin``. Each batch sends groups of requests that share a long prompt prefix (1,000+
-tokens) and differ only in their last line; every batch uses fresh prefixes, so the policies never
-profit from each other's cache. Batches alternate between the policies (A B B A ...) so machine
-drift hits both alike. Reports TTFT p50/p90, throughput and the engines' prefix cache hit rate, and
-writes ``benchmarks/results/prefix_affinity.{json,md}``.
+Two engines (real vLLM CPU engines serving SmolLM2, or two engine simulators with their prefix-cache
+knob) and one gateway per policy in front of both. Each batch sends groups of requests that share a
+long prompt prefix (600 words: ~670 SmolLM2 tokens, ~1,000 simulator tokens) and differ only in
+their last line, in random order at fixed concurrency; every batch uses fresh prefixes, so no policy
+profits from another's cache. Batches rotate through the policies (A B C, then C B A, ...) so
+machine drift hits all alike.
+
+Two effects separate the policies. Round robin sends a group's requests to both replicas, so each
+replica misses it once (of 3 requests a group, 2 can hit under affinity, 1.25 on average under
+round robin). And when one replica's cache holds fewer prefixes than there are groups, round robin
+also evicts prefixes before their next request while affinity (half the groups a replica) keeps
+them. ``--cache-prefixes`` sets that size: the simulator's cache, or vLLM's KV blocks
+(``--num-gpu-blocks-override``). vLLM's default 1 GiB for SmolLM2 in float32 is 182 blocks of 128
+tokens, 26 prefixes of 900 words: all 24 groups fit on every replica, and only the first effect shows.
+
+Reports TTFT p50/p90, throughput and the engines' prefix cache hit rate; writes
+``benchmarks/results/prefix_affinity.{json,md}`` (vLLM) or ``prefix_affinity-sim.{json,md}``.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,49 +39,12 @@ import aiohttp
 
 from benchmarks import readme
 from benchmarks.client import RequestRecord, chat_body, json_headers, send
+from benchmarks.prefix_affinity_engines import group_prefix, sim_engines, vllm_engines
 from benchmarks.stats import distribution
-from engines.supervisor import Supervisor
-from gateway.config import EngineConfig, LocalEngine, ModelConfig, OffloadConfig
-from gateway.local_engines import engine_specs
-from gateway.settings import Settings
-from tests.integration.servers import GatewayProcess, engine_gauge, free_port
+from tests.integration.servers import GatewayProcess, engine_gauge
 
 RESULTS = readme.RESULTS
-_WORDS = [
-    "river",
-    "stone",
-    "market",
-    "engine",
-    "lantern",
-    "harbor",
-    "meadow",
-    "signal",
-    "copper",
-    "garden",
-    "winter",
-    "orbit",
-    "canvas",
-    "thunder",
-    "pilot",
-    "velvet",
-    "anchor",
-    "summit",
-    "ledger",
-    "prism",
-    "falcon",
-    "ember",
-    "quarry",
-    "tide",
-    "beacon",
-    "saddle",
-]
-
-
-def group_prefix(batch: str, group: int, words: int) -> str:
-    """A long shared context, unique to (batch, group)."""
-    rng = random.Random(f"{batch}/{group}")
-    body = " ".join(rng.choice(_WORDS) for _ in range(words))
-    return f"Reference document {batch}-{group}. Read it carefully.\n{body}\n"
+POLICIES = ("prefix_affinity", "round_robin", "least_outstanding")
 
 
 async def run_batch(base_url: str, batch: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -77,19 +52,25 @@ async def run_batch(base_url: str, batch: str, args: argparse.Namespace) -> dict
     jobs = [(g, i) for g in range(args.groups) for i in range(args.per_group)]
     random.Random(batch).shuffle(jobs)
     records: list[RequestRecord] = []
+    replicas: dict[str, str] = {}  # request id -> the replica that answered (X-Offload-Replica)
+    groups: dict[str, int] = {}  # request id -> its group
+    tracing = aiohttp.TraceConfig()
+
+    async def answered(session: object, context: object, params: aiohttp.TraceRequestEndParams) -> None:
+        request_id = params.headers.get("X-Request-Id", "")
+        replicas[request_id] = params.response.headers.get("X-Offload-Replica", "?")
+
+    tracing.on_request_end.append(answered)
     t0 = time.perf_counter()
-    async with aiohttp.ClientSession() as session:
-        queue = list(jobs)
+    async with aiohttp.ClientSession(trace_configs=[tracing]) as session:
 
         async def worker() -> None:
-            while queue:
-                g, i = queue.pop()
-                prompt = (
-                    group_prefix(batch, g, args.prefix_words)
-                    + f"Question {i}: name one word from the document."
-                )
+            while jobs:
+                g, i = jobs.pop()
+                prompt = group_prefix(batch, g, args.prefix_words) + f"Question {i}: name one word from it."
                 body = chat_body("chat", prompt, args.max_tokens, True, True, {})
-                rec = RequestRecord(start=0.0)
+                request_id = f"{batch}/{g}/{i}"
+                groups[request_id] = g
                 records.append(
                     await send(
                         session,
@@ -97,9 +78,9 @@ async def run_batch(base_url: str, batch: str, args: argparse.Namespace) -> dict
                         body,
                         stream=True,
                         embeddings=False,
-                        headers=json_headers({}),
+                        headers=json_headers({"X-Request-Id": request_id}),
                         timeout=600,
-                        record=rec,
+                        record=RequestRecord(start=0.0),
                         t0=t0,
                     )
                 )
@@ -108,6 +89,7 @@ async def run_batch(base_url: str, batch: str, args: argparse.Namespace) -> dict
     wall = time.perf_counter() - t0
     ok = [r for r in records if r.ok]
     return {
+        "kept_together": kept_together(groups, replicas),
         "requests": len(records),
         "errors": len(records) - len(ok),
         "wall_s": wall,
@@ -118,6 +100,15 @@ async def run_batch(base_url: str, batch: str, args: argparse.Namespace) -> dict
     }
 
 
+def kept_together(groups: dict[str, int], replicas: dict[str, str]) -> float:
+    """The share of requests that went to their group's most used replica (1.0: no group split)."""
+    by_group: dict[int, Counter[str]] = {}
+    for request_id, group in groups.items():
+        by_group.setdefault(group, Counter())[replicas.get(request_id, "?")] += 1
+    kept = sum(c.most_common(1)[0][1] for c in by_group.values())
+    return kept / max(1, len(groups))
+
+
 def _cache_counters(urls: list[str]) -> tuple[float, float]:
     return (
         sum(engine_gauge(u, "vllm:prefix_cache_hits_total") for u in urls),
@@ -125,128 +116,159 @@ def _cache_counters(urls: list[str]) -> tuple[float, float]:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.prefix_affinity", description=__doc__.split("\n")[0]
-    )
-    # 24 groups x ~1,200 tokens overflow one replica's 1 GiB KV cache (~23,000 tokens) under round
-    # robin, while prefix affinity gives each replica half the groups, which fit.
-    parser.add_argument("--groups", type=int, default=24)
-    parser.add_argument("--per-group", type=int, default=3)
-    parser.add_argument("--prefix-words", type=int, default=900, help="about 1.3 tokens a word")
-    parser.add_argument("--max-tokens", type=int, default=4)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2, help="batches per policy")
-    parser.add_argument("--kv-cache-gib", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS / "prefix_affinity")
-    args = parser.parse_args(argv)
-
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Start engines and gateways, run the batches; the per-policy batch results and the set-up."""
     work = Path(tempfile.mkdtemp(prefix="offload-bench-"))
-    engine = {
-        "model": "smollm2",
-        "dtype": "float32",
-        "max_model_len": 4096,
-        "kv_cache_gib": args.kv_cache_gib,
-    }
-    config = OffloadConfig(
-        models=tuple(
-            ModelConfig(
-                name=f"replica{i}",
-                task="chat",
-                engine=EngineConfig(local=LocalEngine(port=free_port(), **engine)),
-            )
-            for i in range(2)
-        )
-    )
-    models_dir = Settings().models_dir
-    supervisor = Supervisor(engine_specs(config, models_dir), models_dir, work / "logs")
-    gateways: dict[str, GatewayProcess] = {}
-    try:
-        supervisor.prepare_models()
-        supervisor.start_all()
-        supervisor.wait_all()
-        urls = [e.spec.base_url for e in supervisor.engines]
-        for policy in ("prefix_affinity", "round_robin"):
-            models = [
-                {
-                    "name": "chat",
-                    "task": "chat",
-                    "policy": policy,
-                    "engines": [{"url": u, "served_name": f"replica{i}"} for i, u in enumerate(urls)],
-                }
-            ]
-            gateways[policy] = GatewayProcess(work, models, {"OFFLOAD_LOG__ACCESS": "false"}).start()
-        order = ["prefix_affinity", "round_robin"]
-        batches: dict[str, list[dict[str, Any]]] = {p: [] for p in order}
-        for r in range(args.rounds):
-            for policy in order if r % 2 == 0 else order[::-1]:
-                hits0, queries0 = _cache_counters(urls)
-                result = asyncio.run(run_batch(gateways[policy].base_url, f"{policy}-{r}", args))
-                hits1, queries1 = _cache_counters(urls)
-                result["prefix_cache_hit_rate"] = (hits1 - hits0) / max(1.0, queries1 - queries0)
-                batches[policy].append(result)
-                print(
-                    f"{policy:16s} round {r}: TTFT p50 {result['ttft']['p50'] * 1000:7.0f} ms  "
-                    f"p90 {result['ttft']['p90'] * 1000:7.0f} ms  {result['req_per_s']:.2f} req/s  "
-                    f"cache hits {result['prefix_cache_hit_rate']:.0%}",
-                    flush=True,
-                )
-    finally:
-        for gw in gateways.values():
-            gw.stop()
-        supervisor.stop_all()
+    engines = sim_engines if args.engine == "sim" else vllm_engines
+    policies: list[str] = args.policies
+    batches: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+    with engines(work, args) as (urls, setup):
+        gateways: dict[str, GatewayProcess] = {}
+        try:
+            for policy in policies:
+                models = [
+                    {
+                        "name": "chat",
+                        "task": "chat",
+                        "policy": policy,
+                        "engines": [{"url": u, "served_name": f"replica{i}"} for i, u in enumerate(urls)],
+                    }
+                ]
+                gateways[policy] = GatewayProcess(work, models, {"OFFLOAD_LOG__ACCESS": "false"}).start()
+            for r in range(args.rounds):
+                for policy in policies if r % 2 == 0 else policies[::-1]:
+                    hits0, queries0 = _cache_counters(urls)
+                    result = asyncio.run(run_batch(gateways[policy].base_url, f"{policy}-{r}", args))
+                    hits1, queries1 = _cache_counters(urls)
+                    result["prefix_cache_hit_rate"] = (hits1 - hits0) / max(1.0, queries1 - queries0)
+                    batches[policy].append(result)
+                    print(
+                        f"{policy:18s} round {r}: TTFT p50 {result['ttft']['p50'] * 1000:7.0f} ms  "
+                        f"p90 {result['ttft']['p90'] * 1000:7.0f} ms  {result['req_per_s']:.2f} req/s  "
+                        f"cache hits {result['prefix_cache_hit_rate']:.0%}  "
+                        f"kept together {result['kept_together']:.0%}",
+                        flush=True,
+                    )
+        finally:
+            for gw in gateways.values():
+                gw.stop()
+    return {"setup": setup, "batches": batches}
 
-    def merged(policy: str, key: str) -> float:
-        return sum(b[key] if key != "ttft" else 0 for b in batches[policy]) / len(batches[policy])
 
-    summary = {}
-    for policy in batches:
-        ttfts_p50 = sorted(b["ttft"]["p50"] for b in batches[policy])
-        ttfts_p90 = sorted(b["ttft"]["p90"] for b in batches[policy])
+def summarise(batches: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Per policy: TTFT p50/p90 over all its requests' batch figures (median of batches), means of the rest."""
+    summary: dict[str, dict[str, float]] = {}
+    for policy, runs in batches.items():
+
+        def median(values: list[float]) -> float:
+            ordered = sorted(values)
+            mid = len(ordered) // 2
+            return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+        def mean(key: str, runs: list[dict[str, Any]] = runs) -> float:
+            return sum(float(b[key]) for b in runs) / len(runs)
+
         summary[policy] = {
-            "ttft_p50_ms": 1000 * ttfts_p50[len(ttfts_p50) // 2],
-            "ttft_p90_ms": 1000 * ttfts_p90[len(ttfts_p90) // 2],
-            "req_per_s": merged(policy, "req_per_s"),
-            "prompt_tokens_per_s": merged(policy, "prompt_tokens_per_s"),
-            "prefix_cache_hit_rate": merged(policy, "prefix_cache_hit_rate"),
-            "mean_prompt_tokens": merged(policy, "mean_prompt_tokens"),
-            "errors": sum(b["errors"] for b in batches[policy]),
+            "ttft_p50_ms": 1000 * median([b["ttft"]["p50"] for b in runs]),
+            "ttft_p90_ms": 1000 * median([b["ttft"]["p90"] for b in runs]),
+            "req_per_s": mean("req_per_s"),
+            "prompt_tokens_per_s": mean("prompt_tokens_per_s"),
+            "prefix_cache_hit_rate": mean("prefix_cache_hit_rate"),
+            "kept_together": mean("kept_together"),
+            "mean_prompt_tokens": mean("mean_prompt_tokens"),
+            "errors": sum(b["errors"] for b in runs),
         }
-    a, b = summary["prefix_affinity"], summary["round_robin"]
-    ratios = {
-        "ttft_p50_rr_over_affinity": b["ttft_p50_ms"] / a["ttft_p50_ms"],
-        "ttft_p90_rr_over_affinity": b["ttft_p90_ms"] / a["ttft_p90_ms"],
-        "throughput_affinity_over_rr": a["req_per_s"] / b["req_per_s"],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "summary": summary,
-        "ratios": ratios,
-        "batches": batches,
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    return summary
+
+
+def report(
+    args: argparse.Namespace,
+    setup: str,
+    batches: dict[str, list[dict[str, Any]]],
+    summary: dict[str, dict[str, float]],
+    when: str,
+) -> list[str]:
+    """The markdown summary: one table, affinity's gain over each other policy, each batch's TTFT p50."""
+    a = summary.get("prefix_affinity")
     lines = [
-        f"Prefix affinity vs round robin, 2 vLLM CPU replicas (SmolLM2, KV cache {args.kv_cache_gib} GiB each), "
-        f"{args.groups} groups x {args.per_group} requests, ~{a['mean_prompt_tokens']:.0f} prompt tokens, "
-        f"concurrency {args.concurrency}, {args.rounds} batches each, measured {payload['when']}.",
+        f"Replica policies on a shared-prefix workload: {setup}; {args.groups} groups x {args.per_group} requests, "
+        f"~{next(iter(summary.values()))['mean_prompt_tokens']:.0f} prompt tokens, concurrency "
+        f"{args.concurrency}, {args.rounds} batches each, measured {when} (a shared, noisy 2-core machine: "
+        "read the ratios, measured side by side).",
         "",
-        "| policy | TTFT p50 ms | TTFT p90 ms | req/s | prompt tokens/s | prefix cache hit rate | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| policy | TTFT p50 ms | TTFT p90 ms | req/s | prompt tokens/s | prefix cache hit rate "
+        "| requests on their group's replica | errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for policy, s in summary.items():
         lines.append(
             f"| {policy} | {s['ttft_p50_ms']:.0f} | {s['ttft_p90_ms']:.0f} | {s['req_per_s']:.2f} | "
-            f"{s['prompt_tokens_per_s']:.0f} | {s['prefix_cache_hit_rate']:.0%} | {s['errors']} |"
+            f"{s['prompt_tokens_per_s']:.0f} | {s['prefix_cache_hit_rate']:.0%} | {s['kept_together']:.0%} | "
+            f"{s['errors']:.0f} |"
         )
-    lines += [
-        "",
-        f"Round robin / affinity: TTFT p50 {ratios['ttft_p50_rr_over_affinity']:.2f}x, "
-        f"p90 {ratios['ttft_p90_rr_over_affinity']:.2f}x; throughput affinity / round robin "
-        f"{ratios['throughput_affinity_over_rr']:.2f}x.",
-    ]
-    print(readme.publish("prefix_affinity", args.out, lines))
+    if a is not None:
+        lines.append("")
+        for policy, s in summary.items():
+            if policy != "prefix_affinity":
+                lines.append(
+                    f"{policy} / prefix_affinity: TTFT p50 {s['ttft_p50_ms'] / a['ttft_p50_ms']:.2f}x, "
+                    f"p90 {s['ttft_p90_ms'] / a['ttft_p90_ms']:.2f}x; throughput affinity / {policy} "
+                    f"{a['req_per_s'] / s['req_per_s']:.2f}x."
+                )
+    per_batch = "; ".join(
+        f"{policy} " + ", ".join(f"{b['ttft']['p50'] * 1000:.0f}" for b in runs)
+        for policy, runs in batches.items()
+    )
+    lines += ["", f"TTFT p50 ms per batch, by round: {per_batch}."]
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The benchmark's options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.prefix_affinity", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--engine", choices=("vllm", "sim"), default="vllm")
+    parser.add_argument("--policies", type=lambda s: s.split(","), default=list(POLICIES))
+    parser.add_argument("--groups", type=int, default=24)
+    parser.add_argument("--per-group", type=int, default=3)
+    parser.add_argument("--prefix-words", type=int, default=600, help="about 1.1 SmolLM2 tokens a word")
+    parser.add_argument(
+        "--cache-prefixes",
+        type=int,
+        default=16,
+        help="prefixes one replica's cache holds (vLLM: 0 = its whole 1 GiB, about 26)",
+    )
+    parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2, help="batches per policy")
+    parser.add_argument("--sim-ttft", type=float, default=0.5, help="simulator: uncached time to first token")
+    parser.add_argument("--sim-block-tokens", type=int, default=16)
+    parser.add_argument("--sim-max-running", type=int, default=2, help="simulator: requests running at once")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS / ("prefix_affinity" if args.engine == "vllm" else "prefix_affinity-sim")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    measured = measure(args)
+    summary = summarise(measured["batches"])
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = report(args, measured["setup"], measured["batches"], summary, when)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "setup": measured["setup"],
+        "summary": summary,
+        "batches": measured["batches"],
+        "when": when,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    name = "prefix_affinity" if args.engine == "vllm" else "prefix_affinity_sim"
+    print(readme.publish(name, args.out, lines))
     return 0
 
 

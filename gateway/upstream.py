@@ -169,6 +169,11 @@ class EventStream:
             async with asyncio.timeout(_DRAIN_TIMEOUT):
                 while await self._response.content.readany():
                     pass  # only the body's end is expected; anything more is discarded
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            # The answer is whole already: a body end that is slow to come (an engine or a gateway
+            # busy with hundreds of streams) or never comes costs the connection, not the answer.
+            self._response.close()
+            return
         except BaseException:
             self._response.close()
             raise

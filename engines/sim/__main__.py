@@ -48,6 +48,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, argparse.N
     parser.add_argument("--embedding-dims", type=int, default=384)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--kv-cache-tokens", type=int, default=65536)
+    parser.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=0,
+        help="prefix cache size in tokens, an LRU of prompt blocks; a hit shortens the TTFT by the "
+        "cached share of the prompt (default: 0, off)",
+    )
+    parser.add_argument(
+        "--prefix-block-tokens", type=int, default=16, help="tokens per prefix-cache block (default: 16)"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--log-level", default="warning")
     defaults = Knobs()
@@ -63,6 +73,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, argparse.N
         knobs = Knobs(**{name: parse_knob(name, getattr(args, name)) for name in PARSERS})
     except KnobError as exc:
         parser.error(str(exc))
+    if args.prefix_cache_tokens < 0 or args.prefix_block_tokens < 1:
+        parser.error("--prefix-cache-tokens must be >= 0 and --prefix-block-tokens >= 1")
     names = tuple(args.served_model_name or (args.model,))
     config = SimConfig(
         model=names[0],
@@ -71,6 +83,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, argparse.N
         embedding_dims=args.embedding_dims,
         max_model_len=args.max_model_len,
         kv_cache_tokens=args.kv_cache_tokens,
+        prefix_cache_tokens=args.prefix_cache_tokens,
+        prefix_block_tokens=args.prefix_block_tokens,
         seed=args.seed,
         knobs=knobs,
     )

@@ -27,6 +27,7 @@ from engines.sim.embeddings import EmbeddingsHandler
 from engines.sim.engine import SimEngine
 from engines.sim.errors import SimError, error_response
 from engines.sim.faults import QUIET_RESETS
+from engines.sim.prefix_cache import PrefixCache
 
 
 class SimServer:
@@ -34,7 +35,12 @@ class SimServer:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.engine = SimEngine(config.model, config.max_running, config.kv_cache_tokens)
+        cache = (
+            PrefixCache(config.prefix_cache_tokens, config.prefix_block_tokens)
+            if config.prefix_cache_tokens > 0
+            else None
+        )
+        self.engine = SimEngine(config.model, config.max_running, config.kv_cache_tokens, cache)
         rng = random.Random(config.seed)
         self.chat = ChatHandler(config, self.engine, rng)
         self.embeddings = EmbeddingsHandler(config, self.engine, rng)

@@ -74,6 +74,8 @@ class Plan:
     answer: Answer
     resume: Resume | None = None
     """Set for a continuation: generation starts at ``resume.position`` (with ``resume.head``)."""
+    prompt: str = ""
+    """The prompt as the prefix cache sees it (every message, the final one included)."""
 
     @property
     def start(self) -> int:
@@ -189,27 +191,32 @@ class ChatHandler:
             knobs,
             answer,
             resume,
+            _prompt_text(messages) if self._engine.prefix_cache is not None else "",  # off: no cost
         )
 
-    async def _occupy(self, plan: Plan) -> int:
-        """Wait for a running slot and take the prompt's KV tokens; returns the tokens held."""
+    async def _occupy(self, plan: Plan) -> tuple[int, float]:
+        """Wait for a running slot and take the prompt's KV tokens; returns the tokens held and the
+        time to the first token (shorter by the share of the prompt the prefix cache holds)."""
         engine = self._engine
         await engine.admit()
         held = plan.prompt_tokens * plan.choices
         engine.kv_tokens += held
         engine.prompt_tokens_total += plan.prompt_tokens
-        return held
+        ttft = plan.knobs.ttft
+        if engine.prefix_cache is not None:  # looked up when scheduled, as vLLM does
+            ttft *= 1.0 - engine.prefix_cache.lookup(plan.prompt, plan.prompt_tokens).share
+        return held, ttft
 
     async def _events(self, plan: Plan) -> AsyncIterator[bytes]:
         """The SSE events of one streamed answer; holds a running slot while generating."""
         engine = self._engine
-        held = await self._occupy(plan)
+        held, ttft = await self._occupy(plan)
         generated = 0
         finish = FINISH_ABORT
         try:
             knobs = plan.knobs
-            if knobs.ttft > 0:
-                await asyncio.sleep(knobs.ttft)
+            if ttft > 0:
+                await asyncio.sleep(ttft)
             encoder = ChunkEncoder(plan.request_id, plan.created, plan.model, plan.choices)
             choices = range(plan.choices)
             for choice in choices:
@@ -248,12 +255,12 @@ class ChatHandler:
     async def _complete(self, plan: Plan) -> bytes | Response:
         """A whole answer after the simulated generation time."""
         engine = self._engine
-        held = await self._occupy(plan)
+        held, ttft = await self._occupy(plan)
         generated = 0
         finish = FINISH_ABORT
         try:
             knobs = plan.knobs
-            delay = knobs.ttft + knobs.itl * max(0, plan.completion_tokens - 1)
+            delay = ttft + knobs.itl * max(0, plan.completion_tokens - 1)
             if knobs.stall_after is not None:
                 delay += knobs.stall_s
             if delay > 0:
@@ -322,6 +329,11 @@ def _faults_spared(knobs: Knobs, *, continuing: bool) -> bool:
     """Whether ``fault_scope`` keeps this request clear of the stream faults."""
     scope = knobs.fault_scope
     return (scope == "original" and continuing) or (scope == "continuation" and not continuing)
+
+
+def _prompt_text(messages: list[Any]) -> str:
+    """The messages laid out as a chat template would: role, text, separator."""
+    return "".join(f"{m.get('role')}\n{content_text(m) or ''}\n" for m in messages if isinstance(m, dict))
 
 
 def _message_tokens(message: Any) -> int:

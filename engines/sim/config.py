@@ -70,6 +70,14 @@ class SimConfig:
     max_model_len: int = 4096
     kv_cache_tokens: int = 65536
     """Simulated KV cache size; ``vllm:kv_cache_usage_perc`` is tokens held / this."""
+    prefix_cache_tokens: int = 0
+    """Prefix cache size in tokens (0: off, the default): an LRU of prompt blocks
+    (:mod:`engines.sim.prefix_cache`). A chat request whose leading blocks are cached waits
+    ``ttft * (1 - cached share of its prompt)`` for its first token; hits and queries are counted in
+    ``vllm:prefix_cache_hits_total`` and ``vllm:prefix_cache_queries_total``."""
+    prefix_block_tokens: int = 16
+    """Tokens per prefix-cache block (vLLM's GPU default is 16, its CPU default 128): only whole
+    blocks hit."""
     seed: int | None = None
     """Seed of the error-rate dice (None: unseeded)."""
     knobs: Knobs = field(default_factory=Knobs)

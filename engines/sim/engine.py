@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, deque
 
+from engines.sim.prefix_cache import PrefixCache
+
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 FINISH_ABORT = "abort"
@@ -18,8 +20,16 @@ FINISH_ABORT = "abort"
 class SimEngine:
     """Counters and admission for one simulated engine (one event loop)."""
 
-    def __init__(self, model_name: str, max_running: int = 0, kv_cache_tokens: int = 65536) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        max_running: int = 0,
+        kv_cache_tokens: int = 65536,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
         self.model_name = model_name
+        self.prefix_cache = prefix_cache
+        """Chat prompts' cached blocks; None: prefix caching off (no hits)."""
         self.max_running = max_running
         self.kv_cache_tokens = max(1, kv_cache_tokens)
         self.running = 0
@@ -109,18 +119,19 @@ class SimEngine:
             self.generation_tokens_total,
             "_total",
         )
+        cache = self.prefix_cache
         metric(
             "vllm:prefix_cache_queries",
             "counter",
             "Prefix cache queries, in terms of number of queried tokens.",
-            self.prompt_tokens_total,
+            self.prompt_tokens_total if cache is None else cache.query_tokens,
             "_total",
         )
         metric(
             "vllm:prefix_cache_hits",
             "counter",
             "Prefix cache hits, in terms of number of cached tokens.",
-            0,
+            0 if cache is None else cache.hit_tokens,
             "_total",
         )
         lines.append("# HELP vllm:request_success Count of successfully processed requests.")

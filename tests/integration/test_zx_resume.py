@@ -115,7 +115,9 @@ def test_killing_the_engine_of_eight_streams_mid_answer_loses_none(
         similarity = [difflib.SequenceMatcher(None, whole, "".join(r.pieces)).ratio() for r in readers]
         record_property("similarity_to_unbroken", [round(s, 3) for s in similarity])
         record_property("completion_tokens", [getattr(r.usage, "completion_tokens", None) for r in readers])
-        print(f"{mid_answer} mid-answer at the kill; similarity {similarity}; usage {[r.usage for r in readers]}")
+        print(
+            f"{mid_answer} mid-answer at the kill; similarity {similarity}; usage {[r.usage for r in readers]}"
+        )
     finally:
         gw.stop()
         if killed:  # the next tests need both engines

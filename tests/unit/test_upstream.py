@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway import upstream as upstream_module
 from gateway.errors import EngineConnectError, EngineError, EngineTimeoutError
 from gateway.settings import UpstreamSettings
 from gateway.upstream import EventStream, ProbeResult, Upstream, UpstreamReply
@@ -145,6 +146,19 @@ async def test_aclose_drops_a_finished_stream_whose_engine_keeps_the_body_open()
         await asyncio.wait_for(finished.aclose(), 0.05)  # aclose's own drain limit is longer
 
     assert response.closed and not response.released
+
+
+async def test_aclose_past_its_own_limit_or_on_a_broken_body_end_drops_the_connection_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The answer was whole at [DONE]: a body end that does not come in time (a busy engine or gateway)
+    or breaks costs the connection, and never ends the client's response with an error."""
+    monkeypatch.setattr(upstream_module, "_DRAIN_TIMEOUT", 0.05)
+    for after_done in (None, aiohttp.ClientPayloadError("reset")):
+        finished, response = event_stream([b"data: [DONE]\n\n", after_done])
+        await read_all(finished)
+        await finished.aclose()  # no exception
+        assert response.closed and not response.released
 
 
 # --- real HTTP on loopback -----------------------------------------------------------------------
