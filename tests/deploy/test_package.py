@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,21 @@ def test_the_weights_are_the_prepared_models_bytes_and_the_digest_says_so(
     copy.mkdir()
     (copy / "config.json").write_text((prepared / "config.json").read_text() + " ")
     assert weights_digest(copy) != weights_digest(prepared)
+
+
+def test_every_file_of_the_weights_is_readable_by_the_images_engine_user_and_the_prepared_modes_stay(
+    smollm2: tuple[Path, dict[str, Any]],
+) -> None:
+    """The image keeps the files' modes and its engine runs as uid 10001, not the packager: every weight
+    file must be readable by others; one the prepared model keeps private is copied, not hard-linked."""
+    out, _ = smollm2
+    prepared = Settings().models_dir / "smollm2"
+    for path in (out / "model").rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & stat.S_IROTH, f"{path.name} is not readable by the engine's user"
+            source = (prepared / path.relative_to(out / "model")).resolve()
+            if not source.stat().st_mode & stat.S_IROTH:
+                assert not os.path.samefile(source, path), f"{path.name} shares the private file's mode"
 
 
 def test_the_dockerfile_builds_on_the_engine_image_and_labels_the_version(
