@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 from openai import OpenAI
 
 from gateway.keys import hash_key
+from tests.integration.servers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
@@ -62,23 +62,6 @@ def require_podman(*images: str) -> None:
     missing = missing_images(*images)
     if missing:
         pytest.skip(f"images not built: {', '.join(missing)} (run make images)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: object, timeout: float, what: str, interval: float = 1.0) -> float:
-    """Poll ``predicate()`` until true; the seconds it took, or fail after ``timeout``."""
-    assert callable(predicate)
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @dataclass
@@ -162,8 +145,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             wait_until(
                 lambda: result.ready() == {"chat": True, "embeddings": True},
                 STACK_START_TIMEOUT,
-                "the gateway to see both engines healthy",
                 interval=2,
+                what="the gateway to see both engines healthy",
             )
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{result.logs()}") from None

@@ -22,8 +22,8 @@ from tests.containers.conftest import (
     GATEWAY_SERVICE,
     Stack,
     podman,
-    wait_until,
 )
+from tests.integration.servers import wait_until
 
 pytestmark = pytest.mark.engines
 
@@ -148,7 +148,7 @@ def test_dead_engine_container_gives_503_for_its_model_only_then_restarts_by_its
     # that as a stop by the user, after which no restart policy restarts the container.
     os.kill(int(str(stack.inspect(service)["State"]["Pid"])), signal.SIGKILL)  # type: ignore[index]
 
-    wait_until(lambda: embeddings_status(stack)[0] == 503, 60, "503 for the killed engine's model")
+    wait_until(lambda: embeddings_status(stack)[0] == 503, 60, what="503 for the killed engine's model")
     status, retry_after = embeddings_status(stack)
     assert status == 503 and retry_after, (status, retry_after)
     # the other model keeps answering meanwhile
@@ -157,7 +157,9 @@ def test_dead_engine_container_gives_503_for_its_model_only_then_restarts_by_its
     )
     assert reply.choices[0].message.content is not None
     # the restart policy (unless-stopped) restarts the container; vLLM loads; the gateway sees it healthy
-    wait_until(lambda: embeddings_status(stack)[0] == 200, RECOVER_TIMEOUT, "the engine back", interval=2)
+    wait_until(
+        lambda: embeddings_status(stack)[0] == 200, RECOVER_TIMEOUT, interval=2, what="the engine back"
+    )
     recovered = time.monotonic() - killed
     record_property("kill_and_recover_seconds", round(recovered, 1))
 
@@ -185,7 +187,7 @@ def test_sigterm_to_the_gateway_container_lets_an_open_stream_end_cleanly(stack:
     assert received > 3
     assert finish[-1] == "length"  # every token asked for arrived: the drain let the stream finish
     # and the gateway process did exit (then its restart policy may start it again)
-    wait_until(lambda: gateway_exited(stack, restarts_before), 60, "the gateway to exit after its drain")
+    wait_until(lambda: gateway_exited(stack, restarts_before), 60, what="the gateway to exit after its drain")
 
 
 def gateway_exited(stack: Stack, restarts_before: int) -> bool:
