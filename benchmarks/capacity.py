@@ -37,7 +37,7 @@ from benchmarks import capacity_report as report
 from benchmarks import capacity_targets as roles
 from benchmarks import peers, readme
 from benchmarks.capacity_load import split_streams
-from benchmarks.procstat import cpu_seconds
+from benchmarks.procstat import cpu_model, cpu_seconds
 
 RESULTS = Path(__file__).parent / "results"
 READY_TIMEOUT = 60.0  # seconds for a load generator to import and say "ready" (a loaded machine is slow)
@@ -276,16 +276,9 @@ def _line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 def _machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError, StopIteration):
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
     return {
         "cpus": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "loadavg_start": os.getloadavg(),
     }

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from benchmarks.load import Dist, LoadConfig, run_load
+from benchmarks.runner import new_loop_runner
 from benchmarks.stats import LoadResult, percentile
 
 
@@ -87,16 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 1 <= args.concurrency <= 4096 or not 0 < args.seconds <= 600:
         p.error("concurrency must be 1..4096 and seconds in (0, 600]")
     return args
-
-
-def new_loop_runner() -> asyncio.Runner:
-    """An asyncio runner on uvloop when it is installed (as the overhead benchmark's client)."""
-    try:
-        import uvloop
-
-        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        return asyncio.Runner()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -29,22 +28,14 @@ import orjson
 
 from benchmarks import capacity_targets as roles
 from benchmarks import peers, readme
-from benchmarks.capacity_load import new_loop_runner as _new_loop_runner
 from benchmarks.load import Dist, LoadConfig, run_load
+from benchmarks.overhead_bench import STREAM_ITL, Scenario
 from benchmarks.procstat import cpu_seconds
+from benchmarks.runner import new_loop_runner
 from benchmarks.stats import percentile
 
 RESULTS = Path(__file__).parent / "results"
 TOKENS = 32
-STREAM_ITL = 0.01  # as the overhead benchmark's stream simulator
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    key: str
-    label: str
-    stream: bool
-    concurrency: int
 
 
 SCENARIOS = (
@@ -208,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers.values():
                 server.start()
             peers.wait_all(list(servers.values()))
-            with _new_loop_runner() as runner:
+            with new_loop_runner() as runner:
                 runs = runner.run(measure(servers, engines, rounds, seconds))
         finally:
             peers.stop_all(list(servers.values()))

@@ -17,8 +17,6 @@ addresses are used; every run is bounded.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
 import platform
 import signal
@@ -35,21 +33,16 @@ from benchmarks import overhead_render as render
 from benchmarks import overhead_report as report
 from benchmarks import readme
 from benchmarks.overhead_bench import FULL, QUICK, SCENARIOS, STREAM_ITL, TOKENS, Bench, Plan, say
+from benchmarks.procstat import cpu_model
+from benchmarks.runner import new_loop_runner
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def _machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError, StopIteration):
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
     return {
         "cpus": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "kernel": platform.release(),
         "loadavg_start": os.getloadavg(),
@@ -99,15 +92,6 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _new_loop_runner() -> asyncio.Runner:
-    try:
-        import uvloop
-
-        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        return asyncio.Runner()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -129,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(bench.live) < 2:
                 say("nothing to compare: every gateway failed to start")
                 return 1
-            with _new_loop_runner() as runner:
+            with new_loop_runner() as runner:
                 runner.run(bench.warm_up())
                 runner.run(bench.scenarios())
                 if not args.no_ramp:

@@ -8,6 +8,7 @@ Peak memory is ``VmHWM`` (the resident set's high-water mark) from ``/proc/PID/s
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -70,3 +71,14 @@ def peak_rss_mb(pid: int) -> float:
 def rss_mb(pid: int) -> float:
     """Current resident set (``VmRSS``) of the tree, in MB."""
     return sum(_status_kib(p, "VmRSS") for p in descendants(pid)) * 1024 / 1e6
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where it does not say)."""
+    with contextlib.suppress(OSError, StopIteration):
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return ""

@@ -167,3 +167,13 @@ class Runner:
                 flush=True,
             )
             last_done, last_at = done, now
+
+
+def new_loop_runner() -> asyncio.Runner:
+    """An asyncio runner on uvloop when it is installed (the benchmarks' load generators use it)."""
+    try:
+        import uvloop
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        return asyncio.Runner()
