@@ -116,6 +116,20 @@ def engine_gauge(base_url: str, name: str) -> float:
     return sum(values)
 
 
+def engine_idle_after(base_url: str, since: float, timeout: float = 5.0, interval: float = 0.05) -> float:
+    """Seconds from ``since`` to the start of the first engine scrape that shows nothing running.
+
+    Timed from the scrape's start, not its end: rendering vLLM's /metrics on a busy CPU takes
+    hundreds of milliseconds, which is the test's cost, not the time the engine took to abort.
+    """
+    while True:
+        began = time.monotonic()
+        if engine_gauge(base_url, "vllm:num_requests_running") == 0:
+            return began - since
+        assert began - since < timeout, f"the engine still ran its request {timeout:.0f} s later"
+        time.sleep(interval)
+
+
 class GatewayProcess:
     """``python -m gateway serve`` as a child process with its own config and settings."""
 
