@@ -42,6 +42,7 @@ from benchmarks.procstat import cpu_model, cpu_seconds
 RESULTS = Path(__file__).parent / "results"
 READY_TIMEOUT = 60.0  # seconds for a load generator to import and say "ready" (a loaded machine is slow)
 ALL_TARGETS = "direct,vllm-router,offload-1,offload-2,offload-auto,granian-1,granian-auto"
+BASELINE = "baseline-1"  # --baseline-root: another checkout's gateway, 1 worker (A/B in one run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=peers.ROOT,
         help="the checkout whose gateway runs (default: this one)",
     )
+    p.add_argument(
+        "--baseline-root",
+        type=Path,
+        default=None,
+        help="another checkout (an A/B baseline): adds target baseline-1, its gateway with 1 worker",
+    )
     p.add_argument("--out", default=None, help="results name under benchmarks/results (default: capacity)")
     p.add_argument(
         "--out-dir", type=Path, default=RESULTS, help="where results go (default benchmarks/results)"
@@ -99,6 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     known = set(ALL_TARGETS.split(",")) | {"granian-2"}
     if unknown := set(args.names) - known:
         p.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if args.baseline_root is not None:
+        args.names.append(BASELINE)
     return args
 
 
@@ -121,6 +130,12 @@ class Bench:
             return roles.direct(urls)
         if name == "vllm-router":
             return roles.router(self.workdir, self.layout, urls)
+        if name == BASELINE:
+            target = roles.offload(self.workdir, self.layout, urls, "1", "uvicorn", self.args.baseline_root)
+            server = target.servers[0]
+            target.name = server.name = BASELINE
+            server.log_path = self.workdir / f"{BASELINE}.log"
+            return target
         server, _, workers = name.partition("-")
         kind = "uvicorn" if server == "offload" else "granian"
         target = roles.offload(self.workdir, self.layout, urls, workers, kind, self.args.offload_root)
@@ -291,6 +306,14 @@ def _interrupt(signum: int, frame: object) -> None:
 def _versions(bench: Bench) -> str:
     root = bench.args.offload_root
     parts = [f"offload {roles.offload_version()}" if root == peers.ROOT else f"offload from {root}"]
+    if (base := bench.args.baseline_root) is not None:
+        commit = subprocess.run(
+            ["git", "-C", str(base), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        parts.append(f"{BASELINE}: offload at {commit or base}")
     if granian := roles.granian_version():
         parts.append(f"granian {granian}")
     parts += [t.server_kind for t in bench.targets if t.name == "vllm-router" and not t.failed]

@@ -13,7 +13,7 @@ import contextlib
 import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 import yarl
@@ -82,6 +82,20 @@ class EventStream:
         self.finished = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        """The payloads one by one (see :meth:`batches`)."""
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for payload in batch:
+                    yield payload
+
+    async def batches(self) -> AsyncGenerator[list[bytes], None]:
+        """The payloads that each network read completed, as one list per read; ``[KEEPALIVE]``
+        while the engine is silent.
+
+        One list per read is what lets a busy relay send everything one read brought in one write
+        (several events arrive together once a gateway falls behind its engines), while a lone
+        event, the usual case below saturation, still goes out at once.
+        """
         buffer = b""  # the start of an event (line ends normalised) when a read ended inside one
         pending: list[bytes] = []  # the reads since, none of which held the event's end
         held = 0  # bytes of buffer and pending
@@ -97,7 +111,7 @@ class EventStream:
                     silent += self._wait
                     if silent >= self._idle_timeout:
                         raise EngineError("the engine stopped sending while streaming") from None
-                    yield KEEPALIVE
+                    yield [KEEPALIVE]
                     continue
                 silent = 0.0
                 if not chunk:
@@ -113,7 +127,7 @@ class EventStream:
                         self.finished = True
                         return
                     if payload:
-                        yield payload
+                        yield [payload]
                     continue
                 if buffer:
                     # Inside an event: does it end in this read? (the last bytes before it count:
@@ -133,6 +147,7 @@ class EventStream:
                 held, tail = len(buffer), buffer[-3:]
                 if held > self._max_event:
                     raise EngineError(f"the engine sent an event longer than {self._max_event} bytes")
+                got: list[bytes] = []
                 for event in events:
                     for line in event.split(b"\n"):
                         if not line.startswith(b"data:"):
@@ -140,9 +155,13 @@ class EventStream:
                         payload = line[5:].lstrip(b" ")
                         if payload == _DONE:
                             self.finished = True
+                            if got:
+                                yield got
                             return
                         if payload:
-                            yield payload
+                            got.append(payload)
+                if got:
+                    yield got
         except aiohttp.ClientError:
             raise EngineError("the engine connection broke while streaming") from None
         finally:
@@ -383,19 +402,19 @@ class TracedEventStream(EventStream):
     def finished(self, value: bool) -> None:
         self._stream.finished = value
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def batches(self) -> AsyncGenerator[list[bytes], None]:
         call = self._engine_call
-        events = cast("AsyncGenerator[bytes, None]", self._stream.__aiter__())
+        reads = self._stream.batches()
         try:
-            async with contextlib.aclosing(events):
-                async for payload in events:
-                    if payload:
+            async with contextlib.aclosing(reads):
+                async for batch in reads:
+                    if batch[0]:
                         call.first_token()
-                        yield payload
+                        yield batch
                         break
-                    yield payload  # a keep-alive before the first event
-                async for payload in events:  # the rest: relayed as they are, nothing per event
-                    yield payload
+                    yield batch  # a keep-alive before the first event
+                async for batch in reads:  # the rest: relayed as they are, nothing per read
+                    yield batch
         except EngineError as exc:
             call.failed(exc.code or "engine_error")
             raise

@@ -37,7 +37,7 @@ def chat_handler(chat: ChatService, keepalive: float, max_body: int, drain: Drai
         assert task is not None
         drain.track(task)
         try:
-            if not await sse.send_events(send, receive, stream, stream.waiting):
+            if not await sse.send_events(send, receive, stream.batches(), stream.waiting):
                 record.error_type = record.error_type or "client_disconnected"
         except asyncio.CancelledError:
             if not drain.expired:

@@ -32,13 +32,21 @@ async def end_with_error(send: Send, payload: bytes) -> None:
     await send({"type": "http.response.body", "body": event(payload) + DONE, "more_body": False})
 
 
+def events(batch: list[bytes]) -> bytes:
+    """The SSE bytes of a list of payloads (an empty payload, the engine's silence, see
+    :data:`gateway.upstream.KEEPALIVE`, as a ping)."""
+    if len(batch) == 1:  # the usual case below saturation: one event per engine read
+        payload = batch[0]
+        return b"data: " + payload + b"\n\n" if payload else PING
+    return b"".join([b"data: " + payload + b"\n\n" if payload else PING for payload in batch])
+
+
 async def send_events(
-    send: Send, receive: Receive, payloads: AsyncIterable[bytes], defer_start: bool = False
+    send: Send, receive: Receive, batches: AsyncIterable[list[bytes]], defer_start: bool = False
 ) -> bool:
-    """Send a 200 event stream: each payload as an event as it comes (an empty one, the engine's
-    silence, see :data:`gateway.upstream.KEEPALIVE`, as a ping), then ``[DONE]``. Returns False when
-    the client left first (the relay is then cancelled at once, wherever it waits: the caller frees
-    the engine).
+    """Send a 200 event stream: each list of payloads as it comes, as one write of its events (see
+    :func:`events`), then ``[DONE]``. Returns False when the client left first (the relay is then
+    cancelled at once, wherever it waits: the caller frees the engine).
 
     ``defer_start``: start the response with the first payload, not at once, so that an error the
     payloads raise before it (a stream that waited in a queue and was refused) can still be answered
@@ -52,17 +60,14 @@ async def send_events(
         await send(start)
 
     async def relay() -> None:
-        events = aiter(payloads)
+        each = aiter(batches)
         if defer_start:
-            first = await anext(events, None)
+            first = await anext(each, None)
             await send(start)
-            if first is not None:
-                await send(
-                    {"type": "http.response.body", "body": event(first) if first else PING, "more_body": True}
-                )
-        async for payload in events:
-            body = b"data: " + payload + b"\n\n" if payload else PING
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            if first:
+                await send({"type": "http.response.body", "body": events(first), "more_body": True})
+        async for batch in each:
+            await send({"type": "http.response.body", "body": events(batch), "more_body": True})
         await send({"type": "http.response.body", "body": DONE, "more_body": False})
 
     try:

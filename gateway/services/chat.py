@@ -187,7 +187,7 @@ class ChatService:
         call: _Call,
         keepalive: float,
         gate: Gate | None,
-    ) -> AsyncGenerator[bytes, None]:
+    ) -> AsyncGenerator[list[bytes], None]:
         """Open the stream while it is iterated: wait for a slot at ``gate`` (if given), then open
         (loading an on-demand engine if need be), with keep-alives meanwhile (the same silence watch
         as a started stream's); then the relay's payloads."""
@@ -205,17 +205,17 @@ class ChatService:
             async with contextlib.aclosing(_pings_until(opening, keepalive)) as pings:
                 async for ping in pings:
                     pinged = True
-                    yield ping
+                    yield [ping]
         except GatewayError as exc:
             if not pinged:
                 raise  # nothing sent yet: the client gets the error's own status
             call.record.error_type = exc.code
-            yield in_band(exc)
+            yield [in_band(exc)]
             return
         relay = stream.relay
         assert relay is not None  # attached by _open
-        async for payload in relay:
-            yield payload
+        async for batch in relay:
+            yield batch
 
     async def _relay(
         self,
@@ -225,10 +225,10 @@ class ChatService:
         used: Version,
         call: _Call,
         replica: Replica,
-    ) -> AsyncGenerator[bytes, None]:
-        """Engine events -> client events (JSON payloads; framing is the transport's job). A stream
-        that breaks mid-answer is continued on another replica when it can be
-        (:mod:`gateway.services.resume`)."""
+    ) -> AsyncGenerator[list[bytes], None]:
+        """Engine events -> client events (JSON payloads; framing is the transport's job), one list
+        per engine read (:meth:`~gateway.upstream.EventStream.batches`). A stream that breaks
+        mid-answer is continued on another replica when it can be (:mod:`gateway.services.resume`)."""
         record, include_usage, public_id = call.record, call.request.include_usage, used.public_id
         labels = (route.model, used.label, replica.id)
         itl = self._metrics.itl.labels(*labels)
@@ -238,54 +238,65 @@ class ChatService:
         try:
             while True:
                 try:
-                    async for payload in upstream:
-                        if not payload:  # engine silent: let the transport send a keep-alive
-                            yield payload
-                            continue
+                    async for batch in upstream.batches():
+                        out: list[bytes] = []  # what this read gives the client: one write
                         try:
-                            event = orjson.loads(payload)
-                        except orjson.JSONDecodeError:
-                            raise EngineError("The engine sent an unreadable event.") from None
-                        if not isinstance(event, dict):
-                            continue
-                        if "error" in event:
-                            record.error_type = "engine_error"
-                            yield in_band(engine_error(502, payload))
-                            return
-                        choices = event.get("choices")
-                        spliced = splice is not None and splice.resumes > 0
-                        if not choices:
-                            usage = event.get("usage")
-                            if usage:
-                                if spliced:
-                                    assert splice is not None
-                                    usage = event["usage"] = splice.usage(event, usage)
-                                record.prompt_tokens = usage.get("prompt_tokens")
-                                record.completion_tokens = usage.get("completion_tokens")
-                                if not include_usage:
+                            for payload in batch:
+                                if not payload:  # engine silent: let the transport send a keep-alive
+                                    out.append(payload)
                                     continue
-                        elif _aborted(choices):
-                            record.error_type = "engine_aborted"
-                            yield in_band(EngineError("The engine aborted the request."))
-                            return
-                        elif splice is not None:
-                            if spliced:
-                                if not splice.adopt(event, choices):
-                                    continue  # the continuation's own role chunk
-                                if splice.broke_at is not None and self._resumer is not None:
-                                    self._resumer.resumed(route, used, splice)
-                            splice.note(event, choices[0])
-                        now = time.perf_counter()
-                        if record.ttft_s is None:
-                            record.ttft_s = now - record.started
-                            self._metrics.child(self._metrics.ttft, *labels).observe(record.ttft_s)
-                        else:
-                            itl.observe(now - last)
-                        last = now
-                        if spliced or event.get("model") != public_id:
-                            event["model"] = public_id
-                            payload = orjson.dumps(event)
-                        yield payload
+                                try:
+                                    event = orjson.loads(payload)
+                                except orjson.JSONDecodeError:
+                                    raise EngineError("The engine sent an unreadable event.") from None
+                                if not isinstance(event, dict):
+                                    continue
+                                if "error" in event:
+                                    record.error_type = "engine_error"
+                                    out.append(in_band(engine_error(502, payload)))
+                                    yield out
+                                    return
+                                choices = event.get("choices")
+                                spliced = splice is not None and splice.resumes > 0
+                                if not choices:
+                                    usage = event.get("usage")
+                                    if usage:
+                                        if spliced:
+                                            assert splice is not None
+                                            usage = event["usage"] = splice.usage(event, usage)
+                                        record.prompt_tokens = usage.get("prompt_tokens")
+                                        record.completion_tokens = usage.get("completion_tokens")
+                                        if not include_usage:
+                                            continue
+                                elif _aborted(choices):
+                                    record.error_type = "engine_aborted"
+                                    out.append(in_band(EngineError("The engine aborted the request.")))
+                                    yield out
+                                    return
+                                elif splice is not None:
+                                    if spliced:
+                                        if not splice.adopt(event, choices):
+                                            continue  # the continuation's own role chunk
+                                        if splice.broke_at is not None and self._resumer is not None:
+                                            self._resumer.resumed(route, used, splice)
+                                    splice.note(event, choices[0])
+                                now = time.perf_counter()
+                                if record.ttft_s is None:
+                                    record.ttft_s = now - record.started
+                                    self._metrics.child(self._metrics.ttft, *labels).observe(record.ttft_s)
+                                else:
+                                    itl.observe(now - last)
+                                last = now
+                                if spliced or event.get("model") != public_id:
+                                    event["model"] = public_id
+                                    payload = orjson.dumps(event)
+                                out.append(payload)
+                        except EngineError:
+                            if out:
+                                yield out  # what came before the bad event, which the splice counted
+                            raise
+                        if out:
+                            yield out
                     self._leases.succeeded(replica)
                     return
                 except EngineError as exc:  # broke mid-answer: continue elsewhere, or end in-band
@@ -298,7 +309,7 @@ class ChatService:
                     )
                     async with contextlib.aclosing(_pings_until(reopening, call.keepalive)) as pings:
                         async for ping in pings:
-                            yield ping
+                            yield [ping]
                     opened = reopening.result()
                     if opened is None:
                         raise exc from None
@@ -311,7 +322,7 @@ class ChatService:
             record.error_type = exc.code
             if not isinstance(exc, EngineError):  # (an engine's break was counted where it was caught)
                 self._leases.failed(replica)
-            yield in_band(exc)
+            yield [in_band(exc)]
         finally:
             upstream.close()
 
@@ -361,8 +372,9 @@ def _body(data: dict[str, Any], replica: Replica) -> bytes:
 
 
 class ChatStream:
-    """The one stream type out of the chat service: iterate for client payloads (an empty payload is
-    :data:`~gateway.upstream.KEEPALIVE`); :meth:`aclose` always frees the engine.
+    """The one stream type out of the chat service: :meth:`batches` gives the client payloads as one
+    list per engine read (a transport sends each list as one write), iterating gives them one by one
+    (an empty payload is :data:`~gateway.upstream.KEEPALIVE`); :meth:`aclose` always frees the engine.
 
     ``aclose`` is safe to call more than once and also works when iteration never began (a client
     that left before the first byte), which a bare async generator's ``aclose`` would not cover.
@@ -371,8 +383,8 @@ class ChatStream:
     __slots__ = ("_gate", "_release", "_tenant", "_upstream", "events", "relay", "waiting")
 
     def __init__(self) -> None:
-        self.events: AsyncGenerator[bytes, None] | None = None
-        self.relay: AsyncGenerator[bytes, None] | None = None
+        self.events: AsyncGenerator[list[bytes], None] | None = None
+        self.relay: AsyncGenerator[list[bytes], None] | None = None
         self.waiting = False
         """True when the stream must wait (a queue slot, an engine loading) before the engine
         answers: the transport starts the response with the first payload, not at once."""
@@ -395,16 +407,22 @@ class ChatStream:
         self._gate, self._tenant = gate, tenant
 
     def attach(
-        self, relay: AsyncGenerator[bytes, None], upstream: EventStream, release: Callable[[], None]
+        self, relay: AsyncGenerator[list[bytes], None], upstream: EventStream, release: Callable[[], None]
     ) -> None:
         """The engine stream is open: its relay, its connection and its in-flight lease."""
         self.relay, self._upstream, self._release = relay, upstream, release
         if self.events is None:
             self.events = relay
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def batches(self) -> AsyncIterator[list[bytes]]:
+        """The client payloads, one list per engine read (or per keep-alive, or in-band error)."""
         assert self.events is not None, "a stream is opened or opening before it is iterated"
         return self.events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for batch in self.batches():
+            for payload in batch:
+                yield payload
 
     async def aclose(self) -> None:
         """Stop relaying and close the engine connection (aborting unfinished work)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -73,15 +73,21 @@ def usage_chunk(prompt: int, completion: int, model: str = "engine-chat") -> dic
     }
 
 
-Item = dict[str, Any] | bytes | BaseException | None
-"""One scripted step of a :class:`FakeEventStream`."""
+Payload = dict[str, Any] | bytes
+Item = Payload | list[Payload] | BaseException | None
+"""One scripted step of a :class:`FakeEventStream`: a list is several events in one network read."""
+
+
+def _wire(payload: Payload) -> bytes:
+    return payload if isinstance(payload, bytes) else orjson.dumps(payload)
 
 
 class FakeEventStream(EventStream):
     """A :class:`gateway.upstream.EventStream` without a connection: scripted payloads plus ``close()``.
 
-    Items are dicts (sent as JSON), raw bytes (sent as is), exceptions (raised at that point) or
-    ``None`` (wait forever, like a silent engine; ``silent`` is set when it gets there).
+    Items are dicts (sent as JSON), raw bytes (sent as is), lists of those (events that came in one
+    read), exceptions (raised at that point) or ``None`` (wait forever, like a silent engine;
+    ``silent`` is set when it gets there).
     """
 
     def __init__(self, items: Iterable[Item]) -> None:
@@ -93,7 +99,7 @@ class FakeEventStream(EventStream):
         self.cancelled = False
         self.silent = asyncio.Event()
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def batches(self) -> AsyncGenerator[list[bytes], None]:
         self.started = True
         try:
             for item in self._items:
@@ -102,10 +108,10 @@ class FakeEventStream(EventStream):
                     await asyncio.Event().wait()
                 elif isinstance(item, BaseException):
                     raise item
-                elif isinstance(item, bytes):
-                    yield item
+                elif isinstance(item, list):
+                    yield [_wire(payload) for payload in item]
                 else:
-                    yield orjson.dumps(item)
+                    yield [_wire(item)]
         except asyncio.CancelledError:
             self.cancelled = True
             raise

@@ -88,6 +88,21 @@ async def test_event_stream_keeps_order_across_whole_and_split_events() -> None:
     assert stream.finished is True
 
 
+async def test_event_stream_batches_are_the_events_of_one_read_each() -> None:
+    reads = [
+        b'data: {"a":1}\n\n',
+        b'data: {"b":2}\n\ndata: {"c":3}\n\ndata: {"d"',
+        b":4}\n\n: ping\n\n",
+        b'data: {"e":5}\n\ndata: [DONE]\n\n',
+    ]
+    stream, _ = event_stream(reads)
+
+    batches = [batch async for batch in stream.batches()]
+
+    assert batches == [[b'{"a":1}'], [b'{"b":2}', b'{"c":3}'], [b'{"d":4}'], [b'{"e":5}']]
+    assert stream.finished is True
+
+
 async def test_event_stream_accepts_crlf_and_no_space_after_colon() -> None:
     stream, _ = event_stream([b'data:{"a":1}\r\n\r', b"\ndata: [DONE]\r\n\r\n"])
 

@@ -402,6 +402,36 @@ async def test_malformed_engine_payload_becomes_an_in_band_error(
     assert received[-1]["error"]["type"] == "server_error"
 
 
+async def test_the_events_of_one_engine_read_leave_as_one_batch(
+    service: Service, record: RequestRecord
+) -> None:
+    read = [chunk("a"), chunk("b"), chunk(finish="stop"), usage_chunk(3, 3)]
+    chat = service(FakeUpstream(stream=FakeEventStream([chunk(), read])))
+
+    stream, _, _ = await open_stream(chat, record)
+    try:
+        batches = [[orjson.loads(p) for p in batch] async for batch in stream.batches()]
+    finally:
+        await stream.aclose()
+
+    # the usage chunk the client did not ask for is dropped from the read, the rest stays together
+    assert [len(batch) for batch in batches] == [1, 3]
+    assert [c["choices"][0]["delta"].get("content") for c in batches[1][:2]] == ["a", "b"]
+    assert record.completion_tokens == 3
+
+
+async def test_a_bad_event_inside_a_read_still_delivers_the_events_before_it(
+    service: Service, record: RequestRecord
+) -> None:
+    chat = service(FakeUpstream(stream=FakeEventStream([[chunk("a"), chunk("b"), b"{not json", chunk("c")]])))
+
+    stream, _, _ = await open_stream(chat, record)
+    received = await collect(stream)
+
+    assert [c["choices"][0]["delta"]["content"] for c in received[:2]] == ["a", "b"]
+    assert received[2]["error"]["type"] == "server_error" and len(received) == 3
+
+
 @pytest.mark.parametrize(
     "failure",
     [chunk(finish="abort"), {"error": {"message": "boom", "type": "InternalServerError", "code": 500}}],
