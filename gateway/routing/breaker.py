@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from gateway.routing.table import Replica
@@ -43,13 +43,24 @@ class Breaker:
 
 
 class Breakers:
-    """Replica id -> circuit breaker. Pure state: the probe loop and request outcomes drive it."""
+    """Replica id -> circuit breaker. State the probe loop and request outcomes drive; the one thing it
+    tells others is when a probe takes a replica down (:meth:`on_probe_down`)."""
 
     def __init__(self, failure_threshold: int = 3, cooldown: float = 2.0, max_cooldown: float = 30.0) -> None:
         self._breakers: dict[str, Breaker] = {}
         self._threshold = failure_threshold
         self._base_cooldown = cooldown
         self._max_cooldown = max_cooldown
+        self._probe_down: list[Callable[[str], None]] = []
+
+    def on_probe_down(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(replica_id)`` whenever a health probe takes a replica down.
+
+        Only probes: a replica whose engine stopped answering its health check is gone for the
+        streams still open on it too, while failed requests open the circuit for new traffic only
+        (an engine that refuses a few requests under overload still serves its open streams).
+        """
+        self._probe_down.append(callback)
 
     def _get(self, replica_id: str) -> Breaker:
         breaker = self._breakers.get(replica_id)
@@ -90,7 +101,11 @@ class Breakers:
         """A probe failed (``refused``: nothing listens). True when the state changed."""
         b = self._get(replica_id)
         if refused or (consecutive >= self._threshold and b.state is not State.UNKNOWN):
-            return self._open(b, time.monotonic() if now is None else now)
+            changed = self._open(b, time.monotonic() if now is None else now)
+            if changed:
+                for callback in self._probe_down:
+                    callback(replica_id)
+            return changed
         return False
 
     # --- request outcomes ----------------------------------------------------------------------

@@ -233,6 +233,9 @@ class ChatService:
         labels = (route.model, used.label, replica.id)
         itl = self._metrics.itl.labels(*labels)
         splice = None if self._resumer is None else self._resumer.applies(used, call.data)
+        # A stream that can resume is cut as soon as a probe takes its replica down: it continues
+        # elsewhere at once instead of waiting out the idle timeout of an engine gone silent.
+        unwatch = None if splice is None else self._leases.watch(replica, upstream.close)
         broken: set[str] = set()
         last = 0.0
         try:
@@ -315,6 +318,9 @@ class ChatService:
                         raise exc from None
                     upstream, replica = opened
                     stream.swap(upstream, self._leases.hold(replica))
+                    if unwatch is not None:
+                        unwatch()
+                        unwatch = self._leases.watch(replica, upstream.close)
                     record.replica = replica.id
                     labels = (route.model, used.label, replica.id)
                     itl = self._metrics.itl.labels(*labels)
@@ -324,6 +330,8 @@ class ChatService:
                 self._leases.failed(replica)
             yield [in_band(exc)]
         finally:
+            if unwatch is not None:
+                unwatch()
             upstream.close()
 
 

@@ -13,7 +13,8 @@ from gateway.services.engine_control import EngineControl
 
 
 class Leases:
-    """In-flight counts (ours, and the supervisor's for on-demand idling) and breaker verdicts."""
+    """In-flight counts (ours, and the supervisor's for on-demand idling), breaker verdicts, and the
+    streams to cut when a probe takes their replica down (:meth:`watch`)."""
 
     def __init__(
         self, breakers: Breakers, loads: Loads, engines: EngineControl | None, retry_after: int
@@ -22,6 +23,30 @@ class Leases:
         self._loads = loads
         self._engines = engines
         self._retry_after = retry_after
+        self._cuts: dict[str, set[Callable[[], None]]] = {}  # replica id -> cuts of its open streams
+        breakers.on_probe_down(self._replica_down)
+
+    def watch(self, replica: Replica, cut: Callable[[], None]) -> Callable[[], None]:
+        """Call ``cut`` if a health probe takes ``replica`` down before the returned unwatch is called.
+
+        For streams that can resume elsewhere: cutting their engine connection breaks them now,
+        rather than after the stream idle timeout of an engine that went silent with it open.
+        """
+        cuts = self._cuts.setdefault(replica.id, set())
+        cuts.add(cut)
+
+        def unwatch() -> None:
+            open_cuts = self._cuts.get(replica.id)
+            if open_cuts is not None:
+                open_cuts.discard(cut)
+                if not open_cuts:
+                    del self._cuts[replica.id]
+
+        return unwatch
+
+    def _replica_down(self, replica_id: str) -> None:
+        for cut in self._cuts.pop(replica_id, ()):
+            cut()
 
     def hold(self, replica: Replica) -> Callable[[], None]:
         """Count a stream in flight on ``replica`` until the returned release is called (once)."""

@@ -7,6 +7,7 @@ whichever replica takes it breaks it after K tokens; the client must get exactly
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -137,5 +138,41 @@ def test_a_client_leaving_during_a_resumed_stream_stops_the_new_engine_request(
         wait_until(lambda: a.engine.running + b.engine.running == 0, 5, interval=0.02, what="engines idle")
         assert time.monotonic() - started < 1.0
         assert a.engine.finished["abort"] + b.engine.finished["abort"] >= 1
+    finally:
+        gw.stop()
+
+
+def test_a_stream_whose_replica_its_probes_take_down_goes_on_from_another(
+    start_sim: Callable[[SimConfig], RunningSim], tmp_path: Path
+) -> None:
+    """The replica is marked down while the stream on it is open (its /health stops answering in
+    time): the stream is cut and continues on the other replica, whole, without waiting for the
+    first engine to break or go silent."""
+    config = SimConfig(model="sim", knobs=Knobs(output_tokens=TOKENS * 2, itl=0.05))  # a 3 s answer
+    a, b = start_sim(config), start_sim(config)
+    engines = [{"url": r.base_url, "served_name": "sim"} for r in (a, b)]
+    env = {"OFFLOAD_HEALTH__PROBE_INTERVAL": "0.1", "OFFLOAD_HEALTH__PROBE_TIMEOUT": "0.2"}
+    gw = GatewayProcess(tmp_path, [{"name": "chat", "task": "chat", "engines": engines}], env).start()
+    try:
+        unbroken = ask(gw)
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0, timeout=30)
+        stream = client.chat.completions.create(model="chat", messages=MESSAGES, stream=True, max_tokens=64)
+        text, finishes, slowed = "", [], None
+        for chunk in stream:
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                if choice.finish_reason:
+                    finishes.append(choice.finish_reason)
+            if slowed is None and len(text.split()) >= 5:
+                slowed = a if a.engine.running else b
+                server = slowed.app.state.sim
+                server.config = dataclasses.replace(
+                    server.config, knobs=dataclasses.replace(server.config.knobs, health_delay=5.0)
+                )
+        assert slowed is not None
+        assert text == unbroken[0] and finishes == unbroken[1] and len(finishes) == 1
+        assert slowed.engine.finished["abort"] == 1  # cut there, finished on the other
+        metrics = httpx.get(gw.base_url + "/metrics").text
+        assert 'offload_stream_resumes_total{model="chat",outcome="resumed",version="-"} 1.0' in metrics
     finally:
         gw.stop()

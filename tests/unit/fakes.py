@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import EngineError
 from gateway.metrics import Metrics
 from gateway.routing.breaker import Breakers
 from gateway.routing.load import Loads
@@ -86,8 +87,8 @@ class FakeEventStream(EventStream):
     """A :class:`gateway.upstream.EventStream` without a connection: scripted payloads plus ``close()``.
 
     Items are dicts (sent as JSON), raw bytes (sent as is), lists of those (events that came in one
-    read), exceptions (raised at that point) or ``None`` (wait forever, like a silent engine;
-    ``silent`` is set when it gets there).
+    read), exceptions (raised at that point) or ``None`` (wait, like a silent engine, until
+    ``close()`` breaks the connection; ``silent`` is set when it gets there).
     """
 
     def __init__(self, items: Iterable[Item]) -> None:
@@ -98,6 +99,7 @@ class FakeEventStream(EventStream):
         self.close_calls = 0
         self.cancelled = False
         self.silent = asyncio.Event()
+        self._cut = asyncio.Event()
 
     async def batches(self) -> AsyncGenerator[list[bytes], None]:
         self.started = True
@@ -105,7 +107,8 @@ class FakeEventStream(EventStream):
             for item in self._items:
                 if item is None:
                     self.silent.set()
-                    await asyncio.Event().wait()
+                    await self._cut.wait()  # as a real stream's read, broken by close()
+                    raise EngineError("the engine connection broke while streaming")
                 elif isinstance(item, BaseException):
                     raise item
                 elif isinstance(item, list):
@@ -119,6 +122,8 @@ class FakeEventStream(EventStream):
 
     def close(self) -> None:
         self.close_calls += 1
+        if not self.finished:
+            self._cut.set()
 
     async def aclose(self) -> None:
         self.close_calls += 1

@@ -221,3 +221,25 @@ def test_calls_and_streams_are_reported_to_the_engine_control(
 
     assert engines.active[CHAT_URL] == 0
     assert loads.in_flight(chat.id) == 0
+
+
+# --- streams cut when a probe takes their replica down ------------------------------------------
+
+
+def test_a_probe_taking_the_replica_down_cuts_the_watched_streams_once(
+    leases: Leases, breakers: Breakers, chat: Replica
+) -> None:
+    cuts: list[str] = []
+    leases.watch(chat, lambda: cuts.append("a"))
+    unwatch_b = leases.watch(chat, lambda: cuts.append("b"))
+    unwatch_b()  # ended before the replica went down
+
+    breakers.failure(chat.id, unreachable=True)  # a failed request opens the circuit, cuts nothing
+    assert cuts == []
+    breakers.mark(chat.id, State.UP)
+    breakers.probe_failed(chat.id, refused=False, consecutive=1)  # one slow probe: still up
+    assert cuts == []
+    breakers.probe_failed(chat.id, refused=True, consecutive=2)
+    breakers.probe_failed(chat.id, refused=True, consecutive=3)  # already down: nothing more
+
+    assert cuts == ["a"]

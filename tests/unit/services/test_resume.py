@@ -3,6 +3,7 @@ through the chat service, with scripted engine streams."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -104,6 +105,38 @@ async def test_a_stream_broken_mid_answer_goes_on_from_another_replica_as_one_st
     assert metric_total(metrics, "offload_stream_resumes_total", outcome="resumed") == 1
     assert metric_total(metrics, "offload_stream_resume_gap_seconds_count") == 1
     assert w.loads.in_flight("chat-0") == 0 and w.loads.in_flight("chat-1") == 0
+
+
+async def test_a_stream_whose_replica_a_probe_takes_down_goes_on_from_another_at_once() -> None:
+    metrics = Metrics()
+    # The first engine goes silent with the connection open (a host gone without a reset): without
+    # the probe, the stream would wait out the idle timeout.
+    first = FakeEventStream([role_chunk() | {"id": "chatcmpl-1"}, chunk("one "), None])
+    rest = FakeEventStream([role_chunk(), chunk("two"), chunk(finish="stop")])
+    upstream = FakeUpstream(per_url={ONE: first, TWO: rest})
+    chat, w = service(metrics, upstream, policy="round_robin")
+    record = RequestRecord(request_id="r")
+    body = orjson.dumps({"model": "chat", "messages": MESSAGES, "stream": True})
+    data, request = chat.prepare(body, record)
+    stream = await chat.open_stream(data, request, record, {}, 30.0)
+    received: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        async for payload in stream:
+            if payload:
+                received.append(orjson.loads(payload))
+
+    reader = asyncio.create_task(read())
+    try:
+        await asyncio.wait_for(first.silent.wait(), 2)
+        w.breakers.probe_failed(w.router.table.replicas()[0].id, refused=True, consecutive=1)
+        await asyncio.wait_for(reader, 2)
+    finally:
+        await stream.aclose()
+
+    assert text(received) == "one two" and not any("error" in p for p in received)
+    assert [url for url, _, _ in upstream.calls] == [ONE, TWO]
+    assert record.resumes == 1
 
 
 async def test_a_stream_that_cannot_be_resumed_ends_in_band_as_before() -> None:
