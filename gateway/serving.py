@@ -72,25 +72,33 @@ def _answers(path: Path) -> bool:
 
 
 @contextlib.contextmanager
+def unix_listener(path: Path) -> Iterator[socket.socket]:
+    """A listening Unix socket at ``path`` (:func:`bind_unix`); at exit closed, and its file removed
+    if it is still ours (not replaced by a later server's)."""
+    sock = bind_unix(path)
+    inode = path.lstat().st_ino
+    try:
+        yield sock
+    finally:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            if path.lstat().st_ino == inode:
+                path.unlink()
+
+
+@contextlib.contextmanager
 def listeners(host: str, port: int | None, uds: Path | None) -> Iterator[list[socket.socket]]:
     """The server's sockets: TCP on ``host:port`` (unless ``port`` is None) and the Unix socket at
     ``uds`` (if given), bound before the server starts; closed, and the socket file removed, after."""
-    sockets: list[socket.socket] = []
-    inode = None
-    try:
+    with contextlib.ExitStack() as stack:
+        sockets: list[socket.socket] = []
         if port is not None:
-            sockets.append(bind_tcp(host, port))
+            tcp = bind_tcp(host, port)
+            stack.callback(tcp.close)
+            sockets.append(tcp)
         if uds is not None:
-            sockets.append(bind_unix(uds))
-            inode = uds.lstat().st_ino
+            sockets.append(stack.enter_context(unix_listener(uds)))
         yield sockets
-    finally:
-        for sock in sockets:
-            sock.close()
-        if uds is not None and inode is not None:
-            with contextlib.suppress(FileNotFoundError):
-                if uds.lstat().st_ino == inode:  # still ours (not replaced by a later server)
-                    uds.unlink()
 
 
 class RequestHeadGuard(HttpToolsProtocol):

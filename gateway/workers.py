@@ -44,7 +44,7 @@ from pathlib import Path
 
 import structlog
 
-from gateway.serving import bind_tcp, bind_unix
+from gateway.serving import bind_tcp, bind_unix, unix_listener
 from gateway.settings import Settings
 
 _log = structlog.get_logger("offload.workers")
@@ -141,19 +141,18 @@ class WorkerPool:
     @contextlib.contextmanager
     def _bound(self) -> Iterator[dict[str, str]]:
         server = self._settings.server
-        private = Path(tempfile.mkdtemp(prefix="offload-workers-"))  # mode 0700: this user only
-        uds_inode = None
-        try:
+        with contextlib.ExitStack() as stack:
+            private = Path(tempfile.mkdtemp(prefix="offload-workers-"))  # mode 0700: this user only
+            stack.callback(shutil.rmtree, private, ignore_errors=True)
+            stack.callback(self._close_sockets)
             port = server.port
             tcp: list[socket.socket] = []
             if server.tcp:
                 for _ in range(self._count):
                     tcp.append(bind_tcp(server.host, port, reuse_port=True))
+                    self._sockets.append(tcp[-1])
                     port = tcp[0].getsockname()[1]  # (port 0: the one the first socket got)
-            shared = []
-            if server.uds is not None:
-                shared.append(bind_unix(server.uds))
-                uds_inode = server.uds.lstat().st_ino
+            shared = [] if server.uds is None else [stack.enter_context(unix_listener(server.uds))]
             own = [bind_unix(private / f"worker-{i}.sock") for i in range(self._count)]
             self._sockets = [*tcp, *shared, *own]
             for i in range(self._count):
@@ -168,13 +167,6 @@ class WorkerPool:
             if self._settings.config is not None:
                 env["OFFLOAD_CONFIG"] = str(self._settings.config)
             yield env
-        finally:
-            self._close_sockets()
-            shutil.rmtree(private, ignore_errors=True)
-            if server.uds is not None and uds_inode is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    if server.uds.lstat().st_ino == uds_inode:  # still ours
-                        server.uds.unlink()
 
     def _close_sockets(self) -> None:
         for sock in self._sockets:
