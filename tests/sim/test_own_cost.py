@@ -8,9 +8,10 @@ from benchmarks import own_cost
 
 
 async def test_own_cost_times_requests_and_streams_of_the_real_app() -> None:
-    result = await own_cost.measure(requests=40, streams=20, rounds=2)
+    # 3 rounds: the median is not pulled by a first round that pays for lazy imports and caches
+    result = await own_cost.measure(requests=60, streams=30, rounds=3)
 
-    assert len(result["rounds"]["request_us"]) == len(result["rounds"]["stream_us"]) == 2
+    assert len(result["rounds"]["request_us"]) == len(result["rounds"]["stream_us"]) == 3
     assert 0 < result["request_us"] < result["stream_us"]
     assert result["event_us"] > 0
     assert "stream event" in own_cost.render(result)
