@@ -131,11 +131,9 @@ class Bench:
         if name == "vllm-router":
             return roles.router(self.workdir, self.layout, urls)
         if name == BASELINE:
-            target = roles.offload(self.workdir, self.layout, urls, "1", "uvicorn", self.args.baseline_root)
-            server = target.servers[0]
-            target.name = server.name = BASELINE
-            server.log_path = self.workdir / f"{BASELINE}.log"
-            return target
+            return roles.offload(
+                self.workdir, self.layout, urls, "1", "uvicorn", self.args.baseline_root, BASELINE
+            )
         server, _, workers = name.partition("-")
         kind = "uvicorn" if server == "offload" else "granian"
         target = roles.offload(self.workdir, self.layout, urls, workers, kind, self.args.offload_root)

@@ -125,12 +125,18 @@ def _offload_config(workdir: Path, engine_urls: list[str]) -> Path:
 
 
 def offload(
-    workdir: Path, layout: Layout, engine_urls: list[str], workers: str, server: str, root: Path = peers.ROOT
+    workdir: Path,
+    layout: Layout,
+    engine_urls: list[str],
+    workers: str,
+    server: str,
+    root: Path = peers.ROOT,
+    name: str | None = None,
 ) -> Target:
     """Offload from the checkout ``root`` in front of every simulator (one model, one replica each),
     production defaults but the access log, under ``server`` (``uvicorn`` as ``python -m gateway serve``
     runs it, or ``granian`` serving the same app factory with its own workers) with ``workers``
-    processes (N or ``auto``)."""
+    processes (N or ``auto``). ``name``: the target's (default ``offload-N`` or ``granian-N``)."""
     port = peers.free_port()
     env = {
         "OFFLOAD_CONFIG": str(_offload_config(workdir, engine_urls)),
@@ -138,7 +144,7 @@ def offload(
         "OFFLOAD_LOG__FORMAT": "json",
         "PYTHONPATH": str(root),
     }
-    name = f"offload-{workers}" if server == "uvicorn" else f"granian-{workers}"
+    name = name or (f"offload-{workers}" if server == "uvicorn" else f"granian-{workers}")
     if server == "uvicorn":
         argv = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
         if workers != "1":

@@ -243,63 +243,62 @@ class ChatService:
                 try:
                     async for batch in upstream.batches():
                         out: list[bytes] = []  # what this read gives the client: one write
-                        try:
-                            for payload in batch:
-                                if not payload:  # engine silent: let the transport send a keep-alive
-                                    out.append(payload)
-                                    continue
-                                try:
-                                    event = orjson.loads(payload)
-                                except orjson.JSONDecodeError:
-                                    raise EngineError("The engine sent an unreadable event.") from None
-                                if not isinstance(event, dict):
-                                    continue
-                                if "error" in event:
-                                    record.error_type = "engine_error"
-                                    out.append(in_band(engine_error(502, payload)))
-                                    yield out
-                                    return
-                                choices = event.get("choices")
-                                spliced = splice is not None and splice.resumes > 0
-                                if not choices:
-                                    usage = event.get("usage")
-                                    if usage:
-                                        if spliced:
-                                            assert splice is not None
-                                            usage = event["usage"] = splice.usage(event, usage)
-                                        record.prompt_tokens = usage.get("prompt_tokens")
-                                        record.completion_tokens = usage.get("completion_tokens")
-                                        if not include_usage:
-                                            continue
-                                elif _aborted(choices):
-                                    record.error_type = "engine_aborted"
-                                    out.append(in_band(EngineError("The engine aborted the request.")))
-                                    yield out
-                                    return
-                                elif splice is not None:
-                                    if spliced:
-                                        if not splice.adopt(event, choices):
-                                            continue  # the continuation's own role chunk
-                                        if splice.broke_at is not None and self._resumer is not None:
-                                            self._resumer.resumed(route, used, splice)
-                                    splice.note(event, choices[0])
-                                now = time.perf_counter()
-                                if record.ttft_s is None:
-                                    record.ttft_s = now - record.started
-                                    self._metrics.child(self._metrics.ttft, *labels).observe(record.ttft_s)
-                                else:
-                                    itl.observe(now - last)
-                                last = now
-                                if spliced or event.get("model") != public_id:
-                                    event["model"] = public_id
-                                    payload = orjson.dumps(event)
+                        unreadable = False  # raised after the events before it are out
+                        for payload in batch:
+                            if not payload:  # engine silent: let the transport send a keep-alive
                                 out.append(payload)
-                        except EngineError:
-                            if out:
-                                yield out  # what came before the bad event, which the splice counted
-                            raise
+                                continue
+                            try:
+                                event = orjson.loads(payload)
+                            except orjson.JSONDecodeError:
+                                unreadable = True
+                                break
+                            if not isinstance(event, dict):
+                                continue
+                            if "error" in event:
+                                record.error_type = "engine_error"
+                                out.append(in_band(engine_error(502, payload)))
+                                yield out
+                                return
+                            choices = event.get("choices")
+                            spliced = splice is not None and splice.resumes > 0
+                            if not choices:
+                                usage = event.get("usage")
+                                if usage:
+                                    if spliced:
+                                        assert splice is not None
+                                        usage = event["usage"] = splice.usage(event, usage)
+                                    record.prompt_tokens = usage.get("prompt_tokens")
+                                    record.completion_tokens = usage.get("completion_tokens")
+                                    if not include_usage:
+                                        continue
+                            elif _aborted(choices):
+                                record.error_type = "engine_aborted"
+                                out.append(in_band(EngineError("The engine aborted the request.")))
+                                yield out
+                                return
+                            elif splice is not None:
+                                if spliced:
+                                    if not splice.adopt(event, choices):
+                                        continue  # the continuation's own role chunk
+                                    if splice.broke_at is not None and self._resumer is not None:
+                                        self._resumer.resumed(route, used, splice)
+                                splice.note(event, choices[0])
+                            now = time.perf_counter()
+                            if record.ttft_s is None:
+                                record.ttft_s = now - record.started
+                                self._metrics.child(self._metrics.ttft, *labels).observe(record.ttft_s)
+                            else:
+                                itl.observe(now - last)
+                            last = now
+                            if spliced or event.get("model") != public_id:
+                                event["model"] = public_id
+                                payload = orjson.dumps(event)
+                            out.append(payload)
                         if out:
                             yield out
+                        if unreadable:
+                            raise EngineError("The engine sent an unreadable event.")
                     self._leases.succeeded(replica)
                     return
                 except EngineError as exc:  # broke mid-answer: continue elsewhere, or end in-band
