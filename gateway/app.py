@@ -31,7 +31,7 @@ from gateway.local_engines import engine_specs
 from gateway.metrics import Metrics
 from gateway.monitor import HealthMonitor
 from gateway.protocol import paths
-from gateway.reloader import ConfigReloader, Reloadable
+from gateway.reloader import ConfigReloader, Reloadable, take_hangup
 from gateway.rollout import Rollout
 from gateway.routing.breaker import Breakers
 from gateway.routing.load import Loads
@@ -129,6 +129,8 @@ class _Background:
                 asyncio.get_running_loop().add_signal_handler(
                     signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reloader.reload()))
                 )
+            if take_hangup():  # asked while the gateway started: the file may have changed since
+                tasks.append(asyncio.create_task(reloader.reload()))
         try:
             yield
         finally:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from gateway.config import ConfigError, KeyConfig, OffloadConfig, load_config
 from gateway.logging import configure_logging
+from gateway.reloader import hold_hangups
 from gateway.serving import DrainingServer, ListenError, RequestHeadGuard, bind_tcp, listeners
 from gateway.settings import ServerSettings, Settings
 from gateway.workers import WorkerPool, WorkerSlot, stop_with_parent
@@ -396,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         return engines_cli(args, settings)
     if args.command == "keys":
         return keys_cli(args)
+    if args.command in ("run", "serve"):
+        hold_hangups()  # before the configuration is read: a reload asked from now on is not lost
     try:
         config = load_config(settings.config)
     except ConfigError as exc:

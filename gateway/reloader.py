@@ -11,6 +11,7 @@ local engines (starts what the file adds, drains and stops what it removes): :mo
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Protocol
 
@@ -75,3 +76,27 @@ class ConfigReloader:
             await asyncio.sleep(interval)
             if self._file_stamp() != self._stamp:
                 await self.reload()
+
+
+_hangup_noted = False
+
+
+def hold_hangups() -> None:
+    """From here until the app installs its own SIGHUP handler, a SIGHUP is noted rather than fatal
+    (its default action ends the process), and one that waited blocked comes through now: a worker
+    pool starts its workers with SIGHUP blocked. The app reloads once it serves if one came
+    (:func:`take_hangup`): a reload asked while the gateway starts is done, not lost or fatal."""
+    signal.signal(signal.SIGHUP, _note_hangup)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+def _note_hangup(signum: int, frame: object) -> None:
+    global _hangup_noted
+    _hangup_noted = True
+
+
+def take_hangup() -> bool:
+    """Whether a SIGHUP was noted since :func:`hold_hangups` (and forget it)."""
+    global _hangup_noted
+    noted, _hangup_noted = _hangup_noted, False
+    return noted

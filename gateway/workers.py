@@ -145,16 +145,19 @@ class WorkerPool:
             private = Path(tempfile.mkdtemp(prefix="offload-workers-"))  # mode 0700: this user only
             stack.callback(shutil.rmtree, private, ignore_errors=True)
             stack.callback(self._close_sockets)
+
+            def kept(sock: socket.socket) -> socket.socket:
+                self._sockets.append(sock)  # closed by _close_sockets, whichever bind fails next
+                return sock
+
             port = server.port
             tcp: list[socket.socket] = []
             if server.tcp:
                 for _ in range(self._count):
-                    tcp.append(bind_tcp(server.host, port, reuse_port=True))
-                    self._sockets.append(tcp[-1])
+                    tcp.append(kept(bind_tcp(server.host, port, reuse_port=True)))
                     port = tcp[0].getsockname()[1]  # (port 0: the one the first socket got)
-            shared = [] if server.uds is None else [stack.enter_context(unix_listener(server.uds))]
-            own = [bind_unix(private / f"worker-{i}.sock") for i in range(self._count)]
-            self._sockets = [*tcp, *shared, *own]
+            shared = [] if server.uds is None else [kept(stack.enter_context(unix_listener(server.uds)))]
+            own = [kept(bind_unix(private / f"worker-{i}.sock")) for i in range(self._count)]
             for i in range(self._count):
                 fds = [*([tcp[i].fileno()] if tcp else []), *(s.fileno() for s in shared), own[i].fileno()]
                 peers = tuple(private / f"worker-{j}.sock" for j in range(self._count) if j != i)
@@ -174,12 +177,19 @@ class WorkerPool:
         self._sockets = []
 
     def _start(self, worker: _Worker, env: dict[str, str]) -> None:
-        worker.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve"],
-            env={**os.environ, **env, _ENV: worker.slot.to_env()},
-            pass_fds=worker.slot.fds,
-            process_group=0,  # a terminal's Ctrl-C reaches the pool, which passes it on once
-        )
+        # The worker starts with SIGHUP blocked (a signal mask is inherited): a reload passed on
+        # while it starts waits instead of killing it, until it notes them (reloader.hold_hangups).
+        # The pool's own SIGHUP meanwhile is held as well, and handled when the mask is restored.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            worker.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve"],
+                env={**os.environ, **env, _ENV: worker.slot.to_env()},
+                pass_fds=worker.slot.fds,
+                process_group=0,  # a terminal's Ctrl-C reaches the pool, which passes it on once
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker.started = time.monotonic()
         worker.restart_at = None
 
